@@ -25,6 +25,14 @@ def _extract_flow(args) -> int:
     return 1 if report.failed else 0
 
 
+def _run_notebooks(args) -> int:
+    from fusionkit.run_notebooks import run_notebooks
+
+    done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers)
+    print(f"executed {len(done)} notebooks into {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fusionkit.data.flow import FLOW_BACKENDS
     from fusionkit.data.puzzles import PUZZLES
@@ -50,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract_flow)
+
+    from fusionkit.run_notebooks import PROJECT_ROOT
+
+    p = sub.add_parser("run-notebooks", help="build the puzzles and their flow, then execute every notebook with papermill")
+    p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"))
+    p.add_argument("--out", default=str(PROJECT_ROOT / "build"), help="folder for the executed copies")
+    p.add_argument("--data", default=str(PROJECT_ROOT / "data"), help="folder for puzzles and flow")
+    p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, seconds per notebook")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_run_notebooks)
     return parser
 
 
