@@ -25,6 +25,83 @@ def _extract_flow(args) -> int:
     return 1 if report.failed else 0
 
 
+def _dataset_paths(args) -> tuple[str, str]:
+    """(video root, flow cache) for --dataset: puzzles are rendered and extracted on demand."""
+    if args.dataset.startswith("puzzles:"):
+        from fusionkit.data.puzzles import prepare_puzzle
+
+        root, cache = prepare_puzzle(args.dataset.split(":", 1)[1], args.root or "data", backend=args.flow_backend,
+                                     workers=args.workers, progress=not args.quiet)
+        return str(root), str(cache)
+    if not args.root or not args.flow_root:
+        raise ValueError(f"--dataset {args.dataset} needs --root (the videos and split files) and --flow-root "
+                         f"(the output of `fusionkit extract-flow --root <videos> --out <flow-root>`)")
+    return args.root, args.flow_root
+
+
+def _train(args) -> int:
+    from fusionkit.data.dataset import build_dataset
+    from fusionkit.methods import run_method
+    from fusionkit.train import TrainConfig
+
+    root, cache = _dataset_paths(args)
+    common = dict(split=args.split, new_length=args.new_length, input_size=args.input_size)
+    train_set = build_dataset(args.dataset, root, cache, "train", num_segments=args.segments, **common)
+    test_set = build_dataset(args.dataset, root, cache, "test", num_segments=args.test_segments, **common)
+    from fusionkit.data.splits import load_split
+
+    classes = load_split(args.dataset, root, args.split).classes
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
+                         device=args.device, num_workers=args.workers, progress=not args.quiet)
+    _write_dataset_info(args, root, cache, classes)
+    _, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
+                                     config=config, out_dir=args.out, resume=args.resume,
+                                     pretrained=args.pretrained)
+    for name, m in metrics.items():
+        print(f"{name:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+    print(f"run saved to {args.out}")
+    return 0
+
+
+def _write_dataset_info(args, root, cache, classes) -> None:
+    import json
+    from pathlib import Path
+
+    from fusionkit.data.atomic import atomic_write_text
+
+    atomic_write_text(Path(args.out) / "dataset.json", json.dumps(
+        {"dataset": args.dataset, "root": str(Path(root).resolve()), "flow_root": str(Path(cache).resolve()),
+         "split": args.split, "classes": classes, "new_length": args.new_length, "input_size": args.input_size,
+         "segments": args.segments}, indent=1))
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from fusionkit.data.atomic import atomic_write_text
+    from fusionkit.data.dataset import build_dataset
+    from fusionkit.evaluate import classification_metrics, fusion_weight_sweep, predict
+    from fusionkit.methods import load_run
+
+    run = Path(args.run_dir)
+    model, info = load_run(run)
+    test_set = build_dataset(info["dataset"], info["root"], info["flow_root"], "test", split=info["split"],
+                             num_segments=args.segments, new_length=info["new_length"],
+                             input_size=info["input_size"], ten_crop=args.ten_crop)
+    scores = predict(model, test_set, batch_size=args.batch_size, device=args.device)
+    result = {"segments": args.segments, "ten_crop": args.ten_crop,
+              "metrics": {k: classification_metrics(p, scores.labels) for k, p in scores.probs.items()},
+              "fusion_weight_sweep": fusion_weight_sweep(scores)}
+    name = f"eval_{args.segments}seg{'_10crop' if args.ten_crop else ''}.json"
+    atomic_write_text(run / name, json.dumps(result, indent=1))
+    for k, m in result["metrics"].items():
+        print(f"{k:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+    print(f"wrote {run / name}")
+    return 0
+
+
 def _run_notebooks(args) -> int:
     from fusionkit.run_notebooks import run_notebooks
 
@@ -58,6 +135,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract_flow)
+
+    from fusionkit.methods import METHODS
+    from fusionkit.models.backbones import BACKBONES
+
+    p = sub.add_parser("train", help="train a method on puzzles, UCF-101 or HMDB-51, then evaluate it")
+    p.add_argument("--dataset", required=True, help="puzzles:<name> | ucf101 | hmdb51")
+    p.add_argument("--root", help="videos with split files (puzzles: the data folder, default ./data)")
+    p.add_argument("--flow-root", help="extract-flow output for --root (made on demand for puzzles)")
+    p.add_argument("--flow-backend", default="dis", choices=sorted(FLOW_BACKENDS), help="puzzles only")
+    p.add_argument("--split", type=int, default=1)
+    p.add_argument("--method", default="late", choices=sorted(METHODS))
+    p.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloaded once, if online)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--segments", type=int, default=3, help="TSN segments in training")
+    p.add_argument("--test-segments", type=int, default=25)
+    p.add_argument("--new-length", type=int, default=5, help="L: flow fields per snippet")
+    p.add_argument("--input-size", type=int, default=None, help="crop size (default: puzzle size, or 224)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, history, evaluation")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run: per-stream and fused accuracy, weight sweep")
+    p.add_argument("run_dir")
+    p.add_argument("--segments", type=int, default=25)
+    p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and their flips")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
 
     from fusionkit.run_notebooks import PROJECT_ROOT
 

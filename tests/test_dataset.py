@@ -109,6 +109,22 @@ def test_centre_crop_larger_than_frame_is_an_error():
 
 
 # --- the dataset on a real extracted cache ---------------------------------------------------
+@pytest.fixture(scope="module")
+def motion_gt_cache(motion_puzzle, tmp_path_factory):
+    """A cache like extract-flow's, but holding the renderer's exact flow instead of an estimate:
+    estimators smear motion into the flat background around a sprite, which would blur the
+    pixel-level pairing checks below."""
+    from fusionkit.data.flow import find_videos, write_cache_entry
+    from fusionkit.data.puzzles import load_ground_truth_flow
+    from fusionkit.data.video import read_video
+
+    cache = tmp_path_factory.mktemp("motion_gt_cache")
+    for rel in find_videos(motion_puzzle):
+        frames = read_video(motion_puzzle / rel)
+        write_cache_entry(cache / rel[:-4], frames, load_ground_truth_flow(motion_puzzle / rel), {"video": rel})
+    return cache
+
+
 def _unnormalise(rgb):
     mean = torch.tensor(T.IMAGENET_MEAN)[None, :, None, None]
     std = torch.tensor(T.IMAGENET_STD)[None, :, None, None]
@@ -141,13 +157,13 @@ def test_snippet_flow_matches_the_cache_in_order(motion_puzzle, motion_cache):
 
 
 @pytest.mark.parametrize("flip", [0.0, 1.0])
-def test_augmented_sprite_pixels_coincide_with_its_flow(motion_puzzle, motion_cache, flip):
+def test_augmented_sprite_pixels_coincide_with_its_flow(motion_puzzle, motion_gt_cache, flip):
     """After crops, scale jitter and flips, the moving sprite in each RGB frame sits where its flow
     is non-zero, and a flip turns leftward motion rightward (and leaves vertical motion alone)."""
     split = load_ucf101_split(motion_puzzle)
     size = 40
     aug = T.Compose([T.MultiScaleCrop(size), T.RandomHorizontalFlip(flip), T.Normalize()])
-    ds = TwoStreamDataset(split.train, motion_cache, num_segments=3, new_length=1, train=True, transform=aug)
+    ds = TwoStreamDataset(split.train, motion_gt_cache, num_segments=3, new_length=1, train=True, transform=aug)
     classes = load_ucf101_split(motion_puzzle).classes
     random.seed(0)
     ious, checked = [], 0
@@ -173,10 +189,10 @@ def test_augmented_sprite_pixels_coincide_with_its_flow(motion_puzzle, motion_ca
                 assert np.sign(fy) == expected[1] and abs(fy) > abs(fx), (name, fx, fy)
             checked += 1
     assert checked >= len(ds)  # most snippets were checked
-    assert np.median(ious) > 0.6, np.median(ious)
+    assert np.median(ious) > 0.8 and min(ious) > 0.5, ious
 
 
-def test_misregistered_augmentation_would_be_caught(motion_puzzle, motion_cache):
+def test_misregistered_augmentation_would_be_caught(motion_puzzle, motion_gt_cache):
     """The IoU check above can fail: flipping only the flow drops the overlap."""
 
     class FlipFlowOnly(T.PairedTransform):
@@ -184,7 +200,7 @@ def test_misregistered_augmentation_would_be_caught(motion_puzzle, motion_cache)
             return rgb, T.hflip(rgb, flow)[1]
 
     split = load_ucf101_split(motion_puzzle)
-    ds = TwoStreamDataset(split.train, motion_cache, num_segments=3, new_length=1, train=False,
+    ds = TwoStreamDataset(split.train, motion_gt_cache, num_segments=3, new_length=1, train=False,
                           transform=FlipFlowOnly())
     item = ds[0]
     saturation = item["rgb"].max(1).values - item["rgb"].min(1).values

@@ -1,0 +1,90 @@
+"""Fusion blocks: the base class every fusion method subclasses, and the string registry.
+
+A fusion block sits between two stages of the two towers and maps the pair of feature maps
+``(rgb, flow)`` to a new pair (``[N, C, H, W]``, or ``[N, C, T, H, W]`` for 3D blocks). A block
+that fuses one way returns the other stream unchanged. Subclasses override one hook, :meth:`fuse`;
+the base class checks the shapes going in and coming out, so a student's block that gets them
+wrong fails with a message saying which shapes and why, not deep inside a conv.
+
+    @register_fusion("my_sum")
+    class MySum(FusionBlock):
+        def fuse(self, rgb, flow):
+            return rgb + flow, flow
+
+    build_fusion("my_sum", rgb_channels=64, flow_channels=64)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSIONS: dict[str, type["FusionBlock"]] = {}
+
+
+def register_fusion(name: str):
+    """Class decorator adding a FusionBlock subclass to the registry under ``name``."""
+
+    def wrap(cls: type[FusionBlock]) -> type[FusionBlock]:
+        if name in FUSIONS and FUSIONS[name] is not cls:
+            raise ValueError(f"a fusion block named {name!r} is already registered ({FUSIONS[name].__qualname__})")
+        cls.registered_name = name
+        FUSIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_fusion(name: str, **kwargs) -> "FusionBlock":
+    if name not in FUSIONS:
+        raise KeyError(f"unknown fusion block {name!r}; registered: {sorted(FUSIONS)}")
+    return FUSIONS[name](**kwargs)
+
+
+class FusionBlock(nn.Module):
+    """Base class of fusion blocks. Override :meth:`fuse`.
+
+    Args:
+        rgb_channels / flow_channels: channels of the feature maps the block receives.
+    Class attributes a subclass may change:
+        same_spatial_size: the two inputs must have the same spatial (and temporal) size.
+        keeps_shape: the outputs must have the inputs' shapes (blocks that, e.g., concatenate
+            channels set it False and document the new shape).
+    """
+
+    registered_name: str = ""
+    same_spatial_size: bool = True
+    keeps_shape: bool = True
+
+    def __init__(self, rgb_channels: int, flow_channels: int):
+        super().__init__()
+        self.rgb_channels, self.flow_channels = rgb_channels, flow_channels
+
+    def fuse(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement fuse(rgb, flow) -> (rgb, flow)")
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        name = type(self).__name__
+        for stream, x, channels in (("rgb", rgb, self.rgb_channels), ("flow", flow, self.flow_channels)):
+            if x.dim() not in (4, 5):
+                raise ValueError(f"{name}: the {stream} feature map must be [N, C, H, W] or [N, C, T, H, W], "
+                                 f"got shape {tuple(x.shape)}")
+            if x.shape[1] != channels:
+                raise ValueError(f"{name}: built for {channels} {stream} channels but got {x.shape[1]} "
+                                 f"(shape {tuple(x.shape)}); pass {stream}_channels={x.shape[1]} when building it")
+        if rgb.shape[0] != flow.shape[0]:
+            raise ValueError(f"{name}: batch sizes differ: rgb {tuple(rgb.shape)} vs flow {tuple(flow.shape)}")
+        if self.same_spatial_size and rgb.shape[2:] != flow.shape[2:]:
+            raise ValueError(f"{name}: the streams' feature maps must have the same spatial size to be fused "
+                             f"pixel by pixel, got rgb {tuple(rgb.shape)} vs flow {tuple(flow.shape)}; fuse after "
+                             f"the same stage of both towers, or resize one of them first")
+        out = self.fuse(rgb, flow)
+        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+            raise TypeError(f"{name}.fuse must return a tuple (rgb, flow) of two tensors, got {type(out).__name__}")
+        if self.keeps_shape and (out[0].shape != rgb.shape or out[1].shape != flow.shape):
+            raise ValueError(f"{name}.fuse changed the feature shapes: rgb {tuple(rgb.shape)} -> {tuple(out[0].shape)}, "
+                             f"flow {tuple(flow.shape)} -> {tuple(out[1].shape)}; return maps of the input shapes "
+                             f"(or set keeps_shape = False and document the new shape)")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"rgb_channels={self.rgb_channels}, flow_channels={self.flow_channels}"

@@ -1,0 +1,94 @@
+"""Named recipes: a method = a model + an objective/schedule + training defaults.
+
+``get_method("late")`` says how the original two-stream network is built and trained;
+:func:`run_method` trains one on a dataset and evaluates it. Later methods (conv fusion, CMMP,
+CCS, CMA) register their own recipes here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from torch import nn
+
+from fusionkit.data.atomic import atomic_write_text
+from fusionkit.data.dataset import TwoStreamDataset
+from fusionkit.evaluate import evaluate
+from fusionkit.models.two_stream import build_model
+from fusionkit.train import CHECKPOINT, TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    model: str  # a registered model name (fusionkit.models.two_stream.build_model)
+    schedule: str  # a fusionkit.train schedule
+    description: str
+    model_defaults: dict = field(default_factory=dict)
+    train_defaults: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+register_method(Method(
+    name="late", model="late", schedule="separate",
+    description="Two-stream network (Simonyan & Zisserman 2014): RGB and flow towers trained separately, "
+                "softmax scores averaged with weight rgb_weight."))
+
+
+def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamDataset | None, num_classes: int,
+               backbone: str = "tiny", config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
+               resume: bool = False, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
+    """Build ``method``'s model, train it with its schedule, evaluate on ``test_set``.
+
+    Returns ``(model, history, metrics)``; with ``out_dir`` also writes ``run.json`` (what was
+    run), the checkpoint and history (see :class:`fusionkit.train.Trainer`) and ``eval.json``.
+    """
+    m = get_method(method)
+    config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
+    kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
+    model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out_dir) / "run.json", json.dumps(
+            {"method": method, "backbone": backbone, "num_classes": num_classes, "model_kwargs": kwargs,
+             "train": asdict(config)}, indent=1))
+    history = Trainer(model, train_set, config, out_dir=out_dir).fit(resume=resume)
+    metrics = None
+    if test_set is not None:
+        metrics = evaluate(model, test_set, batch_size=config.batch_size, device=config.device)
+        if out_dir is not None:
+            atomic_write_text(Path(out_dir) / "eval.json", json.dumps(metrics, indent=1))
+    return model, history, metrics
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained run's model from ``run.json`` and its checkpoint; also return the run's
+    ``dataset.json`` (written by ``fusionkit train``) or ``{}``."""
+    import torch
+
+    run_dir = Path(run_dir)
+    for name in ("run.json", CHECKPOINT):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished training run: {name} is missing")
+    run = json.loads((run_dir / "run.json").read_text())
+    model = build_model(get_method(run["method"]).model, run["num_classes"], backbone=run["backbone"],
+                        **{**run["model_kwargs"], "pretrained": False})
+    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    info_path = run_dir / "dataset.json"
+    return model, json.loads(info_path.read_text()) if info_path.is_file() else {}

@@ -1,0 +1,22 @@
+"""Models: staged backbones (this package's :mod:`~fusionkit.models.backbones`)."""
+from fusionkit.models.backbones import (
+    BACKBONES,
+    IMAGENET_WEIGHTS,
+    StagedBackbone,
+    cross_modality_init,
+    get_backbone,
+    list_backbones,
+    pretrained_weights_file,
+    register_backbone,
+)
+
+__all__ = [
+    "BACKBONES",
+    "IMAGENET_WEIGHTS",
+    "StagedBackbone",
+    "cross_modality_init",
+    "get_backbone",
+    "list_backbones",
+    "pretrained_weights_file",
+    "register_backbone",
+]

@@ -1,0 +1,1 @@
+"""Visualisation: flow colour coding and the notebooks' plots."""
