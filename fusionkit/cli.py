@@ -136,17 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract_flow)
 
-    from fusionkit.methods import METHODS
-    from fusionkit.models.backbones import BACKBONES
-
     p = sub.add_parser("train", help="train a method on puzzles, UCF-101 or HMDB-51, then evaluate it")
     p.add_argument("--dataset", required=True, help="puzzles:<name> | ucf101 | hmdb51")
     p.add_argument("--root", help="videos with split files (puzzles: the data folder, default ./data)")
     p.add_argument("--flow-root", help="extract-flow output for --root (made on demand for puzzles)")
     p.add_argument("--flow-backend", default="dis", choices=sorted(FLOW_BACKENDS), help="puzzles only")
     p.add_argument("--split", type=int, default=1)
-    p.add_argument("--method", default="late", choices=sorted(METHODS))
-    p.add_argument("--backbone", default="tiny", choices=sorted(BACKBONES))
+    # (method and backbone names are checked by the registries, which list the choices: importing
+    # them here would load torch for every command)
+    p.add_argument("--method", default="late", help="a registered method (fusionkit.methods.METHODS)")
+    p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny, resnet18, resnet50, vgg16, ...")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloaded once, if online)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)

@@ -92,8 +92,8 @@ def test_blocks_run_between_stages_on_folded_snippets():
 def test_a_fusion_block_changes_the_rgb_result_only_where_it_feeds_in():
     torch.manual_seed(1)
     plain = TwoStreamNet(4, backbone="tiny", new_length=2).eval()
-    c = plain.rgb_tower.stage_channels["stage3"]
-    fused = TwoStreamNet(4, backbone="tiny", new_length=2, fusion_blocks={"stage3": Recorder(c, c)}).eval()
+    c = plain.rgb_tower.stage_channels["stage2"]
+    fused = TwoStreamNet(4, backbone="tiny", new_length=2, fusion_blocks={"stage2": Recorder(c, c)}).eval()
     fused.load_state_dict(plain.state_dict(), strict=False)
     inputs = _inputs(size=16)
     a, b = plain(*inputs), fused(*inputs)
@@ -105,7 +105,7 @@ def test_bad_fusion_positions_are_rejected():
     with pytest.raises(ValueError, match="no stage 'stage9'"):
         TwoStreamNet(4, fusion_blocks={"stage9": Recorder(8, 8)})
     with pytest.raises(ValueError, match="has children"):
-        TwoStreamNet(4, fusion_blocks={"stage1.7": Recorder(8, 8)})
+        TwoStreamNet(4, fusion_blocks={"stage1.7": Recorder(64, 64)})
 
 
 def test_block_built_for_the_wrong_channels_says_how_to_fix_it():

@@ -47,18 +47,27 @@ def _read_decord(path: Path, indices: Sequence[int] | None) -> np.ndarray:
 def _read_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
     import av
 
+    # stop after the last frame asked for (a negative index: decode all, then report it out of range)
+    last = None if indices is None or min(indices, default=0) < 0 else max(indices, default=-1)
+    frames = []
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError("the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        # Decode sequentially: exact frame order, as decord gives it, whatever the container's index says.
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        # Decode sequentially (exact frame order, as decord gives it, whatever the container's index
+        # says), keeping only the frames asked for and stopping after the last of them.
+        wanted = None if indices is None else set(indices)
+        for i, frame in enumerate(container.decode(stream)):
+            if last is not None and i > last:
+                break
+            frames.append(frame.to_ndarray(format="rgb24") if wanted is None or i in wanted else None)
     if not frames:
         raise ValueError("PyAV decoded no frames")
     if indices is None:
         return np.stack(frames)
-    return np.stack([frames[i] for i in _check_indices(indices, len(frames))])
+    idx = _check_indices(indices, len(frames))
+    return np.stack([frames[i] for i in idx])
 
 
 def _check_indices(indices: Sequence[int], n: int) -> list[int]:
