@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--puzzle", required=True, choices=[*sorted(PUZZLES), "all"])
     p.add_argument("--out", required=True, help="output folder (with --puzzle all: one subfolder per puzzle)")
     p.add_argument("--videos-per-class", type=int, default=30)
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--frames", type=int, default=24)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)

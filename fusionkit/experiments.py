@@ -22,7 +22,7 @@ class PuzzleRun:
 
 
 def puzzle_experiment(method: str, puzzle: str, seeds=(0, 1), config: TrainConfig | None = None,
-                      data_dir: str | os.PathLike = "data", videos_per_class: int = 30, frames: int = 16,
+                      data_dir: str | os.PathLike = "data", videos_per_class: int = 30, frames: int = 24,
                       size: int = 64, segments: int = 3, test_segments: int = 5, new_length: int = 5,
                       backbone: str = "tiny", flow_backend: str = "dis", workers: int = 1, **model_kwargs) -> PuzzleRun:
     """Render the puzzle (once; data seed 0), then for each training seed train ``method`` and test it.

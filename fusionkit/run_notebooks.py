@@ -24,8 +24,10 @@ def execute_notebook(path: str | os.PathLike, output: str | os.PathLike, paramet
         papermill.execute_notebook(str(path), str(output), parameters=parameters or {}, cwd=str(path.parent),
                                    kernel_name="python3", progress_bar=False, execution_timeout=timeout)
     except PapermillExecutionError as e:
-        raise NotebookError(f"notebook {path.name} failed in cell {e.cell_index} (execution count "
-                            f"{e.exec_count}): {e.ename}: {e.evalue}\n(executed copy: {output})") from e
+        first_line = next((line for line in (e.source or "").splitlines() if line.strip()), "")
+        raise NotebookError(f"notebook {path.name} failed in cell {e.cell_index} (0-based, counting papermill's "
+                            f"injected parameters; it starts {first_line!r}): {e.ename}: {e.evalue}\n"
+                            f"(executed copy with the traceback: {output})") from e
     return output
 
 

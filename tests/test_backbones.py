@@ -98,8 +98,8 @@ def test_wrong_input_channels_are_explained():
 
 def test_tiny_is_small_and_ends_at_8x8():
     backbone = get_backbone("tiny")
-    assert sum(p.numel() for p in backbone.parameters()) < 300_000
-    assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, 128, 8, 8)
+    assert sum(p.numel() for p in backbone.parameters()) < 200_000
+    assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, 96, 8, 8)
     narrow = get_backbone("tiny", widths=(8, 16, 24, 32))
     assert narrow.stage_names == ["stem", "stage1", "stage2", "stage3"]
     assert narrow.stage_channels == {"stem": 8, "stage1": 16, "stage2": 24, "stage3": 32}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -118,6 +119,11 @@ def build_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.Pa
     if "transform" not in kwargs:
         if dataset.startswith("puzzles"):
             info = json.loads((Path(root) / "puzzle.json").read_text())
+            limit = info.get("max_new_length")
+            if limit is not None and kwargs.get("new_length", 5) > limit:
+                warnings.warn(f"puzzle {info['puzzle']!r} at {info['frames']} frames is designed for snippets of at "
+                              f"most {limit} flow fields; with new_length={kwargs.get('new_length', 5)} one snippet can "
+                              f"give the answer away (render more frames, or lower new_length)", stacklevel=2)
             size = input_size or info["size"]
             kwargs["transform"] = (train_transform(size, flip=info["hflip_preserves_label"], scales=(1.0, 0.875))
                                    if train else eval_transform(size, ten_crop=ten_crop))

@@ -91,6 +91,11 @@ class Puzzle:
     def tracks(self, label: int, rng: np.random.Generator, frames: int, size: int) -> list[Sprite]:
         raise NotImplementedError
 
+    def max_new_length(self, frames: int) -> int | None:
+        """The longest flow stack (L) a snippet may have without breaking the puzzle's design
+        (None: any length)."""
+        return None
+
     # shared helpers for the hook -------------------------------------------------------------
     @staticmethod
     def radius(rng: np.random.Generator, size: int) -> float:
@@ -113,7 +118,7 @@ class Puzzle:
             raise ValueError(f"a path of extent {np.ptp(offsets, axis=0)} px does not fit a {size}px frame")
         return rng.uniform(low, high) + offsets
 
-    def render(self, label: int, rng: np.random.Generator, frames: int = 16, size: int = 64,
+    def render(self, label: int, rng: np.random.Generator, frames: int = 24, size: int = 64,
                background: np.ndarray | None = None) -> PuzzleVideo:
         """Render one video of class ``label`` (deterministic given ``rng``'s state)."""
         if not 0 <= label < len(self.classes):
@@ -273,31 +278,44 @@ class RegistrationPuzzle(Puzzle):
 
 @register_puzzle("order")
 class OrderPuzzle(Puzzle):
-    """One sprite (random shape and colour) moves one way, pauses, and comes back: left-then-right,
+    """One sprite (random shape and colour) goes one way and comes back: left-then-right,
     right-then-left, up-then-down, down-then-up (4).
 
     RGB stream: knows nothing (25%). Flow stream: one snippet sees one direction, so it knows the
     axis but not the order (50%); order-free averaging of segment scores (TSN consensus, late
-    fusion) cannot tell the two orders apart either. The pause in the middle lasts a third of the
-    video (5 of 15 flow fields at 16 frames), so no stack of up to ``pause + 1`` flow fields sees
-    both directions. Needs temporal fusion across segments (3D conv, LSTM).
+    fusion) cannot tell the two orders apart either. Needs temporal fusion across segments
+    (3D conv, LSTM).
+
+    Timeline of the F-1 flow fields: pause, out, pause, back, pause, with equal-length out and back
+    phases at one speed and every pause at least :meth:`pause_length` long. Why the pauses: a stack
+    of L flow fields that spanned the turn would show the order within one snippet; and with a pause
+    only in the middle, "motion, then stillness" would mark the first phase. With pauses at both ends
+    too, a snippet of either phase looks alike (stillness around one direction of motion). Safe for
+    snippets of up to ``pause_length + 1`` flow fields: L = 5 at 24 frames, L = 4 at 16 frames.
     """
 
     classes = ("LeftThenRight", "RightThenLeft", "UpThenDown", "DownThenUp")
+
+    @staticmethod
+    def pause_length(frames: int) -> int:
+        return min(4, (frames - 1) // 5)
+
+    def max_new_length(self, frames: int) -> int:
+        return self.pause_length(frames) + 1
 
     def tracks(self, label, rng, frames, size):
         first = ("Left", "Right", "Up", "Down")[label]
         direction = np.asarray(DIRECTIONS[first], np.float64)
         steps = frames - 1
-        pause = steps // 3
-        out = (steps - pause) // 2
-        back = steps - pause - out
-        if out < 1:
-            raise ValueError(f"the order puzzle needs frames >= 3 (a step out and a step back), got frames={frames}")
+        edge = self.pause_length(frames)
+        moving = (steps - 3 * edge) // 2  # flow fields in each of the out and back phases
+        if edge < 1 or moving < 1:
+            raise ValueError(f"the order puzzle needs frames >= 6 (pause, out, pause, back, pause), got frames={frames}")
+        middle = steps - 2 * moving - 2 * edge
         r = self.radius(rng, size)
-        v = self.speed(rng, frames, size, r, travel_fraction=out / max(steps, 1))
-        # per-step displacement: out, pause, back (same distance back as out; the last step shorter if needed)
-        step_sizes = np.concatenate([np.full(out, v), np.zeros(pause), -np.full(back, v * out / back)])
+        v = self.speed(rng, frames, size, r, travel_fraction=moving / steps)
+        step_sizes = np.concatenate([np.zeros(edge), np.full(moving, v), np.zeros(middle), np.full(moving, -v),
+                                     np.zeros(edge)])
         offsets = np.concatenate([[0.0], np.cumsum(step_sizes)])[:, None] * direction[None]
         path = self.place_path(rng, size, r, offsets)
         return [Sprite(str(rng.choice(list(SHAPES))), str(rng.choice(list(PALETTE))), r, path)]
@@ -329,7 +347,7 @@ def _render_and_write(job: tuple) -> str:
     return rel
 
 
-def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30, frames: int = 16,
+def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30, frames: int = 24,
                  size: int = 64, seed: int = 0, clips_per_group: int = 3, test_groups: int | None = None,
                  fps: int = 25, workers: int = 1, progress: bool = True) -> Path:
     """Render a puzzle as a UCF-101-style dataset under ``out``.
@@ -361,7 +379,7 @@ def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30
     atomic_write_text(out / "puzzle.json", json.dumps({
         "puzzle": puzzle, "classes": list(p.classes), "videos_per_class": videos_per_class, "frames": frames,
         "size": size, "seed": seed, "clips_per_group": clips_per_group, "test_groups": test_groups, "fps": fps,
-        "hflip_preserves_label": p.hflip_preserves_label,
+        "hflip_preserves_label": p.hflip_preserves_label, "max_new_length": p.max_new_length(frames),
     }, indent=2))
     return out
 
@@ -378,7 +396,7 @@ def load_ground_truth_flow(video_path: str | os.PathLike) -> np.ndarray:
 
 
 def prepare_puzzle(name: str, data_dir: str | os.PathLike = "data", backend: str = "dis", videos_per_class: int = 30,
-                   frames: int = 16, size: int = 64, seed: int = 0, workers: int = 1,
+                   frames: int = 24, size: int = 64, seed: int = 0, workers: int = 1,
                    progress: bool = True) -> tuple[Path, Path]:
     """Render a puzzle and extract its flow unless already done; return ``(video_root, flow_cache)``.
 
