@@ -47,16 +47,20 @@ def pixel_centres(size):
 def centroid_from_frames(frames, background, sprite, size):
     """The sprite's centre in every frame measured from the *pixels*: estimate per pixel how much of
     the sprite colour is blended over the known background (least squares over RGB), then take the
-    weighted centroid in a window around the sprite. Independent of the renderer's flow code."""
+    weighted centroid in a window around the sprite. Independent of the renderer's flow code. For a
+    sprite on a torus, pixel offsets from the expected centre are taken the short way round."""
     colour = np.asarray(PALETTE[sprite.colour])
     d = colour - background  # [H, W, 3]
     alpha = np.clip(((frames / 255.0 - background) * d).sum(-1) / (d * d).sum(-1), 0, 1)  # [F, H, W]
     xs, ys = pixel_centres(size)
     out = []
     for t, (cx, cy) in enumerate(sprite.centres):
-        window = (np.abs(xs - cx) <= sprite.radius + 1.5) & (np.abs(ys - cy) <= sprite.radius + 1.5)
+        ox, oy = xs - cx, ys - cy
+        if sprite.wrap:
+            ox, oy = (ox + size / 2) % size - size / 2, (oy + size / 2) % size - size / 2
+        window = (np.abs(ox) <= sprite.radius + 1.5) & (np.abs(oy) <= sprite.radius + 1.5)
         a = alpha[t] * window
-        out.append(((a * xs).sum() / a.sum(), (a * ys).sum() / a.sum()))
+        out.append((cx + (a * ox).sum() / a.sum(), cy + (a * oy).sum() / a.sum()))
     return np.array(out)
 
 
@@ -123,8 +127,26 @@ def test_every_puzzle_renders_frames_and_flow_of_the_documented_shapes(name, lab
     assert video.flow.shape == (9, 48, 48, 2) and video.flow.dtype == np.float32
     assert video.label == label and video.class_name == get_puzzle(name).classes[label]
     assert np.linalg.norm(video.flow, axis=-1).max() > 0.3  # something moves
-    # sprites stay inside the frame, with their margin: the border rows/columns never move
-    assert not video.flow[:, [0, -1], :].any() and not video.flow[:, :, [0, -1]].any()
+    if name == "appearance":  # its sprite stays inside the frame: the border never moves
+        assert not video.flow[:, [0, -1], :].any() and not video.flow[:, :, [0, -1]].any()
+
+
+@pytest.mark.parametrize("name", ["motion", "conjunction", "registration", "order"])
+def test_direction_puzzles_place_sprites_uniformly_at_every_frame(name):
+    """On a torus, the sprite's position along the motion axis is uniform at every frame whatever the
+    class, so the early frames TSN samples for RGB do not hint at the direction."""
+    puzzle = get_puzzle(name)
+    for label in range(2):  # e.g. left vs right
+        early, late = [], []
+        for seed in range(300):
+            sprite = puzzle.tracks(label, np.random.default_rng(seed), 24, SIZE)[0]
+            axis = int(np.argmax(np.ptp(sprite.centres, axis=0)))  # the axis it moves along
+            assert sprite.wrap
+            early.append(sprite.centres[0, axis] % SIZE)
+            late.append(sprite.centres[-1, axis] % SIZE)
+        for positions in (early, late):
+            counts = np.histogram(positions, bins=4, range=(0, SIZE))[0]
+            assert counts.min() > 45, counts  # 75 expected per bin
 
 
 def test_rendering_is_deterministic_given_the_seed():
@@ -198,8 +220,10 @@ def test_warping_frame_t_by_the_flow_lands_on_the_same_colour_in_frame_t_plus_1(
         flow = video.flow[t]
         map_x = (xs - 0.5 + flow[..., 0]).astype(np.float32)
         map_y = (ys - 0.5 + flow[..., 1]).astype(np.float32)
-        warped = cv2.remap(video.frames[t + 1].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR)
-        warped_cov = cv2.remap(cov_t1, map_x, map_y, cv2.INTER_LINEAR)
+        # the sprites live on a torus: sample across the border the short way round
+        warped = cv2.remap(video.frames[t + 1].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_WRAP)
+        warped_cov = cv2.remap(cov_t1, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
         # interior pixels: the colour is carried along (up to the per-frame noise)
         interior = cv2.erode((cov_t == 1).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         diff = np.abs(warped[interior] - video.frames[t][interior].astype(np.float32))

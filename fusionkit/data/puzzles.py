@@ -3,7 +3,9 @@
 Every video has a static, smooth, low-contrast random-texture background (shared by the clips of
 one group, as a UCF-101 group shares its actors and scene), one or two flat-coloured sprites,
 small per-frame noise, random size, position and speed, and exact ground-truth optical flow from
-the renderer. The colours of a puzzle differ in hue but have the same grey level (luma), so a
+the renderer. Where the label depends on the direction of motion, the frame is a torus along that
+direction (a sprite leaving one side enters the other), so no single frame's sprite position hints
+at the direction (see :meth:`Puzzle.place_path`). The colours of a puzzle differ in hue but have the same grey level (luma), so a
 flow estimator working on grey frames cannot tell them apart: the motion stream is colour-blind.
 
 A puzzle is a subclass of :class:`Puzzle` that overrides one hook, :meth:`Puzzle.tracks`, which
@@ -67,7 +69,8 @@ class Sprite:
     shape: str
     colour: str
     radius: float
-    centres: np.ndarray  # [F, 2] float, (x, y)
+    centres: np.ndarray  # [F, 2] float, (x, y); may run past the frame when ``wrap``
+    wrap: bool = False  # the frame is a torus: what leaves one side enters the other
 
 
 @dataclass
@@ -108,12 +111,22 @@ class Puzzle:
         return float(min(rng.uniform(0.9, 1.6) * size / 64, fits * 0.95))
 
     @staticmethod
-    def place_path(rng: np.random.Generator, size: int, radius: float, offsets: np.ndarray) -> np.ndarray:
-        """Centres = a random start + ``offsets`` [F, 2], start drawn uniformly among those that keep
-        the whole sprite inside the frame at every frame (so position says nothing of direction)."""
+    def place_path(rng: np.random.Generator, size: int, radius: float, offsets: np.ndarray,
+                   wrap_axis: int | None = None) -> np.ndarray:
+        """Centres = a random start + ``offsets`` [F, 2].
+
+        Without wrapping, the start is drawn uniformly among those that keep the whole sprite
+        inside the frame at every frame. With ``wrap_axis`` (0: x, 1: y) the frame is a torus along
+        that axis and the start is uniform over the whole axis, so at *every* frame the sprite's
+        position is uniform and says nothing of its direction. That matters: TSN draws RGB frames
+        only from the first F - L + 1 frames (a snippet's flow must fit), and in a bounded frame a
+        sprite seen early sits nearer the side it leaves from, which would give the direction away.
+        """
         margin = radius + 2
         low = margin - offsets.min(axis=0)
         high = size - margin - offsets.max(axis=0)
+        if wrap_axis is not None:
+            low[wrap_axis], high[wrap_axis] = 0.0, float(size)
         if np.any(high < low):
             raise ValueError(f"a path of extent {np.ptp(offsets, axis=0)} px does not fit a {size}px frame")
         return rng.uniform(low, high) + offsets
@@ -161,8 +174,10 @@ def coverage(sprite: Sprite, size: int) -> np.ndarray:
     inside_test = SHAPES[sprite.shape]
     out = np.empty((len(sprite.centres), size, size), np.float32)
     for t, (cx, cy) in enumerate(sprite.centres):
-        dx = (sub[None, :] - cx) / sprite.radius
-        dy = (sub[:, None] - cy) / sprite.radius
+        dx, dy = sub[None, :] - cx, sub[:, None] - cy
+        if sprite.wrap:  # shortest offset on the torus
+            dx, dy = (dx + size / 2) % size - size / 2, (dy + size / 2) % size - size / 2
+        dx, dy = dx / sprite.radius, dy / sprite.radius
         hits = inside_test(dx, dy).astype(np.float32)
         out[t] = hits.reshape(size, s, size, s).mean(axis=(1, 3))
     return out
@@ -187,11 +202,13 @@ def get_puzzle(name: str) -> Puzzle:
     return PUZZLES[name]()
 
 
-def _straight_line(rng, frames, size, radius, direction, travel_fraction=1.0) -> np.ndarray:
-    """Constant-velocity path along a unit ``direction``, placed at random where it fits."""
-    v = Puzzle.speed(rng, frames, size, radius, travel_fraction)
-    offsets = np.arange(frames)[:, None] * v * np.asarray(direction, np.float64)[None]
-    return Puzzle.place_path(rng, size, radius, offsets)
+def _straight_line(rng, frames, size, radius, direction, wrap: bool = False) -> np.ndarray:
+    """Constant-velocity path along a unit ``direction``, placed at random where it fits (or
+    anywhere along a left-right / up-down direction on a torus, with ``wrap``)."""
+    v = Puzzle.speed(rng, frames, size, radius)
+    direction = np.asarray(direction, np.float64)
+    offsets = np.arange(frames)[:, None] * v * direction[None]
+    return Puzzle.place_path(rng, size, radius, offsets, wrap_axis=int(np.argmax(np.abs(direction))) if wrap else None)
 
 
 @register_puzzle("appearance")
@@ -216,8 +233,8 @@ class AppearancePuzzle(Puzzle):
 class MotionPuzzle(Puzzle):
     """Label = direction of motion: left, right, up, down (4). Shape and colour are random.
 
-    RGB stream: one frame shows a sprite somewhere, and its position is distributed the same for
-    every direction (start drawn among positions that fit), so it knows nothing (chance, 25%).
+    RGB stream: one frame shows a sprite somewhere; the frame is a torus along the motion axis, so
+    at every frame its position is uniform whatever the direction: it knows nothing (chance, 25%).
     Flow stream: knows all of it.
     """
 
@@ -225,8 +242,8 @@ class MotionPuzzle(Puzzle):
 
     def tracks(self, label, rng, frames, size):
         r = self.radius(rng, size)
-        path = _straight_line(rng, frames, size, r, list(DIRECTIONS.values())[label])
-        return [Sprite(str(rng.choice(list(SHAPES))), str(rng.choice(list(PALETTE))), r, path)]
+        path = _straight_line(rng, frames, size, r, list(DIRECTIONS.values())[label], wrap=True)
+        return [Sprite(str(rng.choice(list(SHAPES))), str(rng.choice(list(PALETTE))), r, path, wrap=True)]
 
 
 @register_puzzle("conjunction")
@@ -243,8 +260,8 @@ class ConjunctionPuzzle(Puzzle):
     def tracks(self, label, rng, frames, size):
         colour = (COLOUR_A, COLOUR_B)[label // 2]
         r = self.radius(rng, size)
-        path = _straight_line(rng, frames, size, r, DIRECTIONS[("Left", "Right")[label % 2]])
-        return [Sprite("Square", colour, r, path)]
+        path = _straight_line(rng, frames, size, r, DIRECTIONS[("Left", "Right")[label % 2]], wrap=True)
+        return [Sprite("Square", colour, r, path, wrap=True)]
 
 
 @register_puzzle("registration")
@@ -270,10 +287,11 @@ class RegistrationPuzzle(Puzzle):
             y_move, y_still = rng.uniform(margin, size - margin, 2)
             if abs(y_move - y_still) >= 2 * r + 2:
                 break
-        path = _straight_line(rng, frames, size, r, DIRECTIONS[("Left", "Right")[label % 2]])
+        path = _straight_line(rng, frames, size, r, DIRECTIONS[("Left", "Right")[label % 2]], wrap=True)
         path[:, 1] = y_move
-        still_centre = np.array([rng.uniform(margin, size - margin), y_still])
-        return [Sprite(shape, mover, r, path), Sprite(shape, still, r, np.tile(still_centre, (frames, 1)))]
+        # the still sprite is placed anywhere along x as the mover is, so neither stands out
+        still_centre = np.array([rng.uniform(0, size), y_still])
+        return [Sprite(shape, mover, r, path, wrap=True), Sprite(shape, still, r, np.tile(still_centre, (frames, 1)), wrap=True)]
 
 
 @register_puzzle("order")
@@ -317,8 +335,8 @@ class OrderPuzzle(Puzzle):
         step_sizes = np.concatenate([np.zeros(edge), np.full(moving, v), np.zeros(middle), np.full(moving, -v),
                                      np.zeros(edge)])
         offsets = np.concatenate([[0.0], np.cumsum(step_sizes)])[:, None] * direction[None]
-        path = self.place_path(rng, size, r, offsets)
-        return [Sprite(str(rng.choice(list(SHAPES))), str(rng.choice(list(PALETTE))), r, path)]
+        path = self.place_path(rng, size, r, offsets, wrap_axis=int(np.argmax(np.abs(direction))))
+        return [Sprite(str(rng.choice(list(SHAPES))), str(rng.choice(list(PALETTE))), r, path, wrap=True)]
 
 
 # --- writing the UCF-101 layout -----------------------------------------------------------------

@@ -20,3 +20,4 @@ __all__ = [
     "pretrained_weights_file",
     "register_backbone",
 ]
+from fusionkit.models import vggm  # noqa: E402,F401  (registers the "vggm2048" backbone)
