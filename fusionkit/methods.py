@@ -22,12 +22,22 @@ from fusionkit.train import CHECKPOINT, TrainConfig, Trainer
 
 @dataclass(frozen=True)
 class Method:
+    """A named recipe.
+
+    ``pretrain``: a method trained first whose weights initialise this one (tower and classifier
+    parameters of matching name and shape), as Feichtenhofer et al. initialise fusion networks
+    from separately trained streams. ``finetune``: ``"all"`` trains every layer afterwards,
+    ``"above_fusion"`` only the injected fusion layers and what follows them (their §3.5).
+    """
+
     name: str
     model: str  # a registered model name (fusionkit.models.two_stream.build_model)
     schedule: str  # a fusionkit.train schedule
     description: str
     model_defaults: dict = field(default_factory=dict)
     train_defaults: dict = field(default_factory=dict)
+    pretrain: str | None = None
+    finetune: str = "all"
 
 
 METHODS: dict[str, Method] = {}
@@ -48,20 +58,58 @@ register_method(Method(
     name="late", model="late", schedule="separate",
     description="Two-stream network (Simonyan & Zisserman 2014): RGB and flow towers trained separately, "
                 "softmax scores averaged with weight rgb_weight."))
+register_method(Method(
+    name="spatial", model="spatial", schedule="finetune", pretrain="late",
+    description="Spatial fusion (Feichtenhofer et al. 2016, Sec. 3.1-3.2): the motion stream fused into the "
+                "appearance tower by sum/max/concat/conv/bilinear at a chosen stage, fine-tuned from separately "
+                "trained streams."))
+register_method(Method(
+    name="temporal", model="temporal", schedule="finetune", pretrain="late",
+    description="Temporal fusion over the segments (Feichtenhofer et al. 2016, Sec. 3.3): 2D pooling, 3D pooling, "
+                "or 3D conv + 3D pooling after the last stage."))
+register_method(Method(
+    name="conv_fusion", model="conv_fusion", schedule="finetune", pretrain="late",
+    description="Feichtenhofer et al. 2016's architecture (Sec. 3.4): 3D conv fusion into the appearance tower at "
+                "the last conv stage, 3D pooling in both towers, both losses, predictions averaged at test."))
+
+
+def initialise_from(model: nn.Module, source: nn.Module) -> list[str]:
+    """Copy every parameter and buffer of ``source`` whose name and shape match into ``model``
+    (the towers and classifiers of separately trained streams); return the names copied."""
+    target = model.state_dict()
+    matched = {k: v for k, v in source.state_dict().items() if k in target and target[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return sorted(matched)
 
 
 def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamDataset | None, num_classes: int,
                backbone: str = "tiny", config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
-               resume: bool = False, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
+               resume: bool = False, init_from: nn.Module | None = None, pretrain_config: TrainConfig | None = None,
+               finetune: str | None = None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
     """Build ``method``'s model, train it with its schedule, evaluate on ``test_set``.
 
-    Returns ``(model, history, metrics)``; with ``out_dir`` also writes ``run.json`` (what was
-    run), the checkpoint and history (see :class:`fusionkit.train.Trainer`) and ``eval.json``.
+    A method with ``pretrain`` starts from that method's trained weights: ``init_from`` (a trained
+    model, e.g. shared by several fusion variants), or else it trains one first with
+    ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
+    ``"above_fusion"``. Returns ``(model, history, metrics)``; with ``out_dir``
+    also writes ``run.json`` (what was run), the checkpoint and history (see
+    :class:`fusionkit.train.Trainer`) and ``eval.json``.
     """
     m = get_method(method)
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
     kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
     model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
+    if m.pretrain is not None:
+        if init_from is None:
+            shared = {k: v for k, v in kwargs.items() if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained")}
+            init_from, _, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
+                                         config=pretrain_config or config, **shared)
+        initialise_from(model, init_from)
+        finetune = finetune or m.finetune
+        if finetune not in ("all", "above_fusion"):
+            raise ValueError(f"finetune must be 'all' or 'above_fusion', not {finetune!r}")
+        if finetune == "above_fusion":
+            model.freeze_below_fusion()
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "run.json", json.dumps(

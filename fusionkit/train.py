@@ -7,6 +7,8 @@ Schedules (DESIGN.md "Method"):
   AdamW update each parameter from its own gradient, so minimising ``CE_rgb + CE_flow`` in one
   pass over the data is exactly training the two streams separately, at half the data loading.
 - ``joint``: one cross-entropy on the fused output, back-propagated through everything.
+- ``finetune``: a loss per classifier, starting from separately trained streams (Feichtenhofer
+  et al. §3.5); see :func:`fusionkit.methods.run_method`.
 
 Reproducibility: every epoch re-seeds Python, NumPy and torch (and the loader's shuffling and
 worker seeds) from ``(seed, epoch)``. A checkpoint is written atomically at the end of every
@@ -75,15 +77,21 @@ def seed_everything(seed: int) -> None:
 Objective = Callable[[dict, torch.Tensor], dict]
 
 
-def separate_objective(out, labels):
-    return {"rgb": F.cross_entropy(out["rgb"], labels), "flow": F.cross_entropy(out["flow"], labels)}
+def heads_objective(out, labels):
+    """A cross-entropy per classifier: for two separate towers, each stream's own loss (the
+    ``separate`` schedule); for a fused network that keeps its motion tower, both losses (§3.4 of
+    Feichtenhofer et al.: "The losses of both streams are used for training")."""
+    return {name: F.cross_entropy(out[name], labels) for name in out.heads}
 
 
 def joint_objective(out, labels):
+    """One cross-entropy on the fused output, back-propagated through everything."""
     return {out.fused: F.cross_entropy(out[out.fused], labels)}
 
 
-SCHEDULES: dict[str, Objective] = {"separate": separate_objective, "joint": joint_objective}
+# "finetune" trains like "separate" (a loss per classifier); run_method first loads the weights of
+# separately trained streams and, if asked, freezes what lies below the fusion point.
+SCHEDULES: dict[str, Objective] = {"separate": heads_objective, "joint": joint_objective, "finetune": heads_objective}
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:

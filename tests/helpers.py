@@ -10,6 +10,7 @@ class SyntheticTwoStream(Dataset):
     def __init__(self, n: int = 32, num_classes: int = 4, segments: int = 2, new_length: int = 2, size: int = 16,
                  nan_at: int | None = None):
         self.n, self.k, self.t, self.l, self.size, self.nan_at = n, num_classes, segments, new_length, size, nan_at
+        self.new_length = new_length  # as TwoStreamDataset names it
 
     def __len__(self):
         return self.n

@@ -98,7 +98,9 @@ def test_a_fusion_block_changes_the_rgb_result_only_where_it_feeds_in():
     inputs = _inputs(size=16)
     a, b = plain(*inputs), fused(*inputs)
     torch.testing.assert_close(a["flow"], b["flow"])
-    assert not torch.allclose(a["rgb"], b["rgb"])
+    # the appearance tower now carries the fused features: its output takes the method's name
+    assert set(b) == {"late", "flow", "late+"} and b.heads == ["late", "flow"] and b.fused == "late+"
+    assert not torch.allclose(a["rgb"], b["late"])
 
 
 def test_bad_fusion_positions_are_rejected():

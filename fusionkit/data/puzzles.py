@@ -43,6 +43,8 @@ BACKGROUND_LUMA = 0.35
 BACKGROUND_CONTRAST = 0.06  # peak deviation of the smooth background texture
 NOISE_STD = 0.01  # per-frame pixel noise (about 2.5 grey levels)
 SUPERSAMPLING = 4  # sub-pixel samples per axis for anti-aliased sprite edges
+# Bumped whenever rendering changes, so prepare_puzzle never reuses videos of an older design.
+RENDER_VERSION = 2
 DIRECTIONS = {"Left": (-1.0, 0.0), "Right": (1.0, 0.0), "Up": (0.0, -1.0), "Down": (0.0, 1.0)}
 
 
@@ -398,6 +400,7 @@ def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30
         "puzzle": puzzle, "classes": list(p.classes), "videos_per_class": videos_per_class, "frames": frames,
         "size": size, "seed": seed, "clips_per_group": clips_per_group, "test_groups": test_groups, "fps": fps,
         "hflip_preserves_label": p.hflip_preserves_label, "max_new_length": p.max_new_length(frames),
+        "render_version": RENDER_VERSION,
     }, indent=2))
     return out
 
@@ -424,7 +427,7 @@ def prepare_puzzle(name: str, data_dir: str | os.PathLike = "data", backend: str
     """
     from fusionkit.data.flow import extract_flow
 
-    key = f"{name}_n{videos_per_class}_f{frames}_s{size}_seed{seed}"
+    key = f"{name}_v{RENDER_VERSION}_n{videos_per_class}_f{frames}_s{size}_seed{seed}"
     root = Path(data_dir) / "puzzles" / key
     cache = Path(data_dir) / "flow" / backend / key
     if not (root / "puzzle.json").is_file():  # written last: its presence means the render finished

@@ -48,16 +48,23 @@ class FusionBlock(nn.Module):
     Class attributes a subclass may change:
         same_spatial_size: the two inputs must have the same spatial (and temporal) size.
         keeps_shape: the outputs must have the inputs' shapes (blocks that, e.g., concatenate
-            channels set it False and document the new shape).
+            channels set it False and document the new shape in ``out_channels``).
+        fuses_streams: the RGB output mixes in the flow stream (False for per-stream pooling).
     """
 
     registered_name: str = ""
     same_spatial_size: bool = True
     keeps_shape: bool = True
+    fuses_streams: bool = True  # False for blocks that only transform each stream on its own (pooling)
 
     def __init__(self, rgb_channels: int, flow_channels: int):
         super().__init__()
         self.rgb_channels, self.flow_channels = rgb_channels, flow_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the RGB (or fused) output, which sizes the layers that follow."""
+        return self.rgb_channels
 
     def fuse(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement fuse(rgb, flow) -> (rgb, flow)")

@@ -92,6 +92,7 @@ class TemporalPool2D(FusionBlock):
     """
 
     keeps_shape = False
+    fuses_streams = False  # each stream pooled on its own
 
     def __init__(self, rgb_channels: int, flow_channels: int, kernel_size: int = 2,
                  stride: int | None = None, padding: int = 0):
@@ -132,6 +133,7 @@ class TemporalPool3D(_Pool3DArgs, FusionBlock):
     """
 
     keeps_shape = False
+    fuses_streams = False  # each stream pooled on its own
 
     def __init__(self, rgb_channels: int, flow_channels: int, kernel_size: Size3 = (3, 3, 3),
                  stride: Size3 | None = (2, 2, 2), padding: Size3 = (1, 1, 1)):

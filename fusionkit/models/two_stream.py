@@ -11,7 +11,7 @@ both towers; ``"stage3.1"`` means after the second child (e.g. residual block) o
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,25 +21,44 @@ from fusionkit.models.backbones import StagedBackbone, get_backbone
 
 
 class TwoStreamOutput(dict):
-    """Named ``[B, K]`` scores: ``"rgb"`` and ``"flow"`` logits of each stream, and the fused output
-    under the method's name (for score-level fusion these are log-probabilities, so ``argmax`` and
-    ``cross_entropy`` apply alike). ``extras`` holds what objectives and visualisations need."""
+    """Named ``[B, K]`` scores. Each tower's classifier gives logits: ``"rgb"`` and ``"flow"`` for
+    towers that stayed separate, the method's name for the appearance tower once the motion stream
+    has been fused into it. Score-level fusions (late fusion; a fused tower averaged with the kept
+    motion tower, the paper's "+") are log-probabilities, so ``argmax`` and ``cross_entropy`` apply
+    alike. ``heads`` names the outputs that have a classifier of their own (what a loss trains),
+    ``fused`` the method's final output, ``extras`` what objectives and visualisations need."""
 
-    def __init__(self, scores: Mapping[str, torch.Tensor], fused: str | None = None, extras: dict | None = None):
+    def __init__(self, scores: Mapping[str, torch.Tensor], fused: str | None = None, heads: Sequence[str] = (),
+                 extras: dict | None = None):
         super().__init__(scores)
         self.fused = fused
+        self.heads = list(heads)
         self.extras = extras or {}
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling, dropout, linear classifier (the towers' fc layer)."""
+    """Global average pooling, dropout, linear classifier (the towers' fc layer).
 
-    def __init__(self, channels: int, num_classes: int, dropout: float = 0.5):
+    With ``hidden``, a 1x1 conv + ReLU first maps every location to ``hidden`` features: the
+    analogue of VGG's fc6 after ReLU5, a non-linearity *per location* before the pooling. Spatial
+    fusion needs it when it sits at the last stage: pooling right after a linear fusion would make
+    the whole thing linear in each stream, i.e. no better than late fusion.
+    """
+
+    def __init__(self, channels: int, num_classes: int, dropout: float = 0.5, hidden: int | None = None):
         super().__init__()
+        self.hidden = (nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True))
+                       if hidden else None)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(hidden or channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hidden is not None:
+            # a 1x1 conv is a per-location linear layer; flatten any time axis into the batch for it
+            shape = x.shape
+            x = self.hidden(x if x.dim() == 4 else x.transpose(1, 2).flatten(0, 1))
+            if len(shape) == 5:
+                x = x.unflatten(0, (shape[0], shape[2])).transpose(1, 2)
         return self.fc(self.dropout(x.mean(dim=tuple(range(2, x.dim())))))
 
 
@@ -60,27 +79,55 @@ class TwoStreamNet(nn.Module):
         backbone: a registered backbone name (``tiny``, ``resnet18``, ...).
         new_length: L, flow fields per snippet (the motion tower takes 2L channels).
         pretrained: ImageNet weights for both towers (cross-modality init for the motion tower).
-        fusion_blocks: position -> block (see the module docstring).
-        rgb_weight: the RGB share w of late fusion of the two streams' scores.
+        fusion_blocks: position -> block (see the module docstring). A block may change the
+            channel count (concatenation, bilinear) only at the last stage, where the classifier
+            adapts to it.
+        temporal_fusion: a block applied after the last stage to the snippets unfolded in time,
+            ``[B, C, T, H, W]`` (Feichtenhofer et al. §3.3); the classifiers then average over
+            (T, H, W). Without it, each snippet is classified and the scores averaged (TSN).
+        keep_flow_tower: after the motion stream is fused into the appearance tower, keep the
+            motion tower running to its own classifier (Feichtenhofer's "+", Table 4) or truncate it
+            at the fusion point (Fig. 2 left).
+        rgb_weight: the RGB (or fused tower's) share w of the score-level fusion.
         fused_name: the name of the fused output (the method's name, e.g. ``"late"``).
         dropout: before each classifier (TSN uses 0.8 for RGB, 0.7 for flow on UCF-101).
+        head_hidden: width of a per-location layer in each classifier (see :class:`ClassifierHead`).
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", new_length: int = 5, pretrained: bool = False,
-                 fusion_blocks: Mapping[str, FusionBlock] | None = None, rgb_weight: float = 0.5,
-                 fused_name: str = "late", dropout: float = 0.5, **backbone_kwargs):
+                 fusion_blocks: Mapping[str, FusionBlock] | None = None, temporal_fusion: FusionBlock | None = None,
+                 keep_flow_tower: bool = True, rgb_weight: float = 0.5, fused_name: str = "late",
+                 dropout: float = 0.5, head_hidden: int | None = None, **backbone_kwargs):
         super().__init__()
         self.num_classes, self.new_length, self.rgb_weight, self.fused_name = num_classes, new_length, rgb_weight, fused_name
         self.rgb_tower: StagedBackbone = get_backbone(backbone, in_channels=3, pretrained=pretrained, **backbone_kwargs)
         self.flow_tower: StagedBackbone = get_backbone(backbone, in_channels=2 * new_length, pretrained=pretrained,
                                                        **backbone_kwargs)
         blocks = dict(fusion_blocks or {})
-        for position in blocks:
+        rgb_channels = self.rgb_tower.out_channels
+        for position, block in blocks.items():
             self._check_position(position)
+            if block.out_channels != block.rgb_channels:
+                if position != self.rgb_tower.stage_names[-1]:
+                    raise ValueError(f"fusion block {type(block).__name__} at {position!r} changes the channels "
+                                     f"({block.rgb_channels} -> {block.out_channels}); the next layer expects "
+                                     f"{block.rgb_channels}. Put it after the last stage ({self.rgb_tower.stage_names[-1]!r}).")
+                rgb_channels = block.out_channels
+        fusing = [b for b in [*blocks.values(), temporal_fusion] if b is not None and b.fuses_streams]
+        if not keep_flow_tower and (len(fusing) != 1 or (temporal_fusion is not None and temporal_fusion.fuses_streams)):
+            raise ValueError("keep_flow_tower=False truncates the motion tower after a single spatial fusion block; "
+                             f"this model has {len(fusing)} fusing blocks (temporal fusion needs the motion tower)")
+        self.rgb_is_fused = bool(fusing)
+        self.keep_flow_tower = keep_flow_tower
         # ModuleDict keys may not contain ".": store "stage3.1" as "stage3:1"
         self.fusion_blocks = nn.ModuleDict({p.replace(".", ":"): b for p, b in blocks.items()})
-        self.rgb_head = ClassifierHead(self.rgb_tower.out_channels, num_classes, dropout)
-        self.flow_head = ClassifierHead(self.flow_tower.out_channels, num_classes, dropout)
+        self.temporal_fusion = temporal_fusion
+        if temporal_fusion is not None:
+            rgb_channels = temporal_fusion.out_channels
+        self.rgb_head = ClassifierHead(rgb_channels, num_classes, dropout, head_hidden)
+        self.flow_head = (ClassifierHead(self.flow_tower.out_channels, num_classes, dropout, head_hidden)
+                          if keep_flow_tower else None)
+        self.frozen: list[nn.Module] = []
 
     def _check_position(self, position: str) -> None:
         stage, _, child = position.partition(".")
@@ -95,20 +142,25 @@ class TwoStreamNet(nn.Module):
         prefix = f"{stage}:"
         return {int(k[len(prefix):]): b for k, b in self.fusion_blocks.items() if k.startswith(prefix)}
 
-    def features(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run both towers on folded snippets ``[N, C, H, W]`` and apply the fusion blocks."""
+    def _fuse(self, block: FusionBlock, rgb: torch.Tensor, flow: torch.Tensor | None):
+        rgb, flow = block(rgb, flow)
+        return rgb, (flow if self.keep_flow_tower or not block.fuses_streams else None)
+
+    def features(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run both towers on folded snippets ``[N, C, H, W]`` and apply the fusion blocks; the flow
+        features are None once a truncated motion tower has been fused away."""
         for stage in self.rgb_tower.stage_names:
             inner = self._stage_positions(stage)
-            if inner:  # step through the stage's children to fuse between them
-                for i, (r_mod, f_mod) in enumerate(zip(self.rgb_tower.stages[stage].children(),
-                                                       self.flow_tower.stages[stage].children())):
-                    rgb, flow = r_mod(rgb), f_mod(flow)
-                    if i in inner:
-                        rgb, flow = inner[i](rgb, flow)
-            else:
-                rgb, flow = self.rgb_tower.stages[stage](rgb), self.flow_tower.stages[stage](flow)
+            children = zip(self.rgb_tower.stages[stage].children(), self.flow_tower.stages[stage].children())
+            for i, (r_mod, f_mod) in enumerate(children) if inner else []:  # fuse between the stage's children
+                rgb, flow = r_mod(rgb), f_mod(flow) if flow is not None else None
+                if i in inner:
+                    rgb, flow = self._fuse(inner[i], rgb, flow)
+            if not inner:
+                rgb = self.rgb_tower.stages[stage](rgb)
+                flow = self.flow_tower.stages[stage](flow) if flow is not None else None
             if stage in self.fusion_blocks:
-                rgb, flow = self.fusion_blocks[stage](rgb, flow)
+                rgb, flow = self._fuse(self.fusion_blocks[stage], rgb, flow)
         return rgb, flow
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> TwoStreamOutput:
@@ -120,11 +172,53 @@ class TwoStreamNet(nn.Module):
             raise ValueError(f"the motion tower takes 2L = {2 * self.new_length} flow channels, got {flow.shape[2]}")
         b, t = rgb.shape[:2]
         r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
-        # segmental consensus: average the snippets' class scores (TSN, Eq. 1 with g = mean)
-        rgb_logits = self.rgb_head(r).view(b, t, -1).mean(1)
-        flow_logits = self.flow_head(f).view(b, t, -1).mean(1)
-        fused = late_fusion(rgb_logits, flow_logits, self.rgb_weight)
-        return TwoStreamOutput({"rgb": rgb_logits, "flow": flow_logits, self.fused_name: fused}, fused=self.fused_name)
+        if self.temporal_fusion is not None:
+            # unfold the snippets in time, [B*T, C, H, W] -> [B, C, T, H, W], fuse; classify the whole clip
+            r, f = self.temporal_fusion(*(x.unflatten(0, (b, t)).transpose(1, 2) for x in (r, f)))
+            rgb_logits, flow_logits = self.rgb_head(r), self.flow_head(f)
+        else:
+            # segmental consensus: average the snippets' class scores (TSN, Eq. 1 with g = mean)
+            rgb_logits = self.rgb_head(r).view(b, t, -1).mean(1)
+            flow_logits = self.flow_head(f).view(b, t, -1).mean(1) if f is not None else None
+        rgb_name = self.fused_name if self.rgb_is_fused else "rgb"
+        if flow_logits is None:
+            return TwoStreamOutput({rgb_name: rgb_logits}, fused=rgb_name, heads=[rgb_name])
+        fused = self.fused_name + "+" if self.rgb_is_fused else self.fused_name
+        scores = {rgb_name: rgb_logits, "flow": flow_logits, fused: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
+        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, "flow"])
+
+    # -- fine-tuning only what sits above the fusion point (Feichtenhofer et al. §3.5) ----------
+    def freeze_below_fusion(self) -> list[str]:
+        """Freeze the tower layers that come before the first fusion point, so training reaches only
+        the injected fusion layers and what follows them ("We only propagate back to the injected
+        fusion layer", §3.5). Frozen layers also stay in eval mode (BatchNorm statistics fixed).
+        Returns the names of the frozen stages."""
+        positions = [k.replace(":", ".") for k in self.fusion_blocks]
+        if self.temporal_fusion is not None:
+            positions.append(self.rgb_tower.stage_names[-1])
+        if not positions:
+            raise ValueError("this model has no fusion point to freeze below")
+        order = {name: i for i, name in enumerate(self.rgb_tower.stage_names)}
+        first = min(positions, key=lambda p: (order[p.partition(".")[0]], int(p.partition(".")[2] or 10**6)))
+        stage, _, child = first.partition(".")
+        frozen_names = []
+        for tower in (self.rgb_tower, self.flow_tower):
+            for name in tower.stage_names[: order[stage] + (0 if child else 1)]:
+                self.frozen.append(tower.stages[name])
+                frozen_names.append(name)
+            if child:
+                self.frozen.extend(list(tower.stages[stage].children())[: int(child) + 1])
+                frozen_names.append(f"{stage}.0-{child}")
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+        return sorted(set(frozen_names))
+
+    def train(self, mode: bool = True) -> "TwoStreamNet":
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -151,3 +245,55 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 def late(num_classes: int, **kwargs) -> TwoStreamNet:
     """The original two-stream network: towers trained separately, softmax scores averaged."""
     return TwoStreamNet(num_classes, fused_name="late", **kwargs)
+
+
+def _channels_at(tower: StagedBackbone, position: str) -> int:
+    """Channels of the feature map at a fusion position: a stage's output channels (every child of a
+    stage, e.g. each residual block, outputs the stage's channels)."""
+    return tower.stage_channels[position.partition(".")[0]]
+
+
+@register_model("spatial")
+def spatial(num_classes: int, fusion: str = "conv", position: str | None = None, keep_flow_tower: bool = False,
+            fusion_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
+    """Spatial fusion (Feichtenhofer et al. §3.1-3.2): the motion stream fused into the appearance
+    tower by a registered block (``sum``, ``max``, ``concat``, ``conv``, ``bilinear``) at ``position``
+    (default: the end of the last stage, the paper's ReLU5). The motion tower is truncated there
+    unless ``keep_flow_tower`` (Table 4's "+"). Fusing at the last stage, give the classifier a
+    per-location layer (``head_hidden``, the fc6 analogue) or the fusion stays linear up to pooling."""
+    from fusionkit.fusion import build_fusion
+
+    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    position = position or probe.stage_names[-1]
+    c = _channels_at(probe, position)
+    block = build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_kwargs or {}))
+    return TwoStreamNet(num_classes, fusion_blocks={position: block}, keep_flow_tower=keep_flow_tower,
+                        fused_name=fusion, **kwargs)
+
+
+@register_model("temporal")
+def temporal(num_classes: int, temporal: str = "conv3d_pool3d", spatial_fusion: str | None = "conv",
+             temporal_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
+    """Temporal fusion over the T segments (Feichtenhofer et al. §3.3, Fig. 3) after the last stage.
+
+    ``conv3d_pool3d`` fuses the streams itself (Eq. 6). The pooling variants (``pool2d``, ``pool3d``)
+    pool each stream, so a spatial fusion block (``spatial_fusion``, default ``conv``) first fuses
+    the motion stream into the appearance tower at the last stage; both towers are kept."""
+    from fusionkit.fusion import build_fusion
+
+    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    c = probe.out_channels
+    block = build_fusion(temporal, rgb_channels=c, flow_channels=c, **(temporal_kwargs or {}))
+    blocks = {}
+    if not block.fuses_streams and spatial_fusion is not None:
+        blocks[probe.stage_names[-1]] = build_fusion(spatial_fusion, rgb_channels=c, flow_channels=c)
+    kwargs.setdefault("fused_name", temporal)
+    return TwoStreamNet(num_classes, fusion_blocks=blocks, temporal_fusion=block, keep_flow_tower=True, **kwargs)
+
+
+@register_model("conv_fusion")
+def conv_fusion(num_classes: int, **kwargs) -> TwoStreamNet:
+    """Feichtenhofer et al.'s proposed architecture (§3.4, Fig. 4): 3D conv fusion at the last conv
+    stage into the appearance tower, 3D pooling in both towers, the motion tower kept with its own
+    loss, the two towers' predictions averaged at test time."""
+    return temporal(num_classes, temporal="conv3d_pool3d", fused_name="conv_fusion", **kwargs)
