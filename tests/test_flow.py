@@ -442,7 +442,7 @@ def test_cli_make_puzzles_all_writes_one_folder_per_puzzle(tmp_path, capsys):
     from fusionkit.data.puzzles import PUZZLES
 
     rc = cli.main(["make-puzzles", "--puzzle", "all", "--out", str(tmp_path), "--videos-per-class", "4",
-                   "--frames", "3", "--size", "16", "--quiet"])
+                   "--frames", "6", "--size", "16", "--quiet"])
     assert rc == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PUZZLES)
     for name in PUZZLES:

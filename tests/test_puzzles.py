@@ -482,7 +482,7 @@ def test_prepare_puzzle_renders_and_extracts_once(tmp_path):
     from fusionkit.data.puzzles import prepare_puzzle
 
     root, cache = prepare_puzzle("motion", tmp_path, videos_per_class=4, frames=4, size=32, progress=False)
-    assert root == tmp_path / "puzzles" / "motion_n4_f4_s32_seed0" and cache == tmp_path / "flow" / "dis" / root.name
+    assert root == tmp_path / "puzzles" / f"motion_v{RENDER_VERSION}_n4_f4_s32_seed0" and cache == tmp_path / "flow" / "dis" / root.name
     split = load_ucf101_split(root)
     assert read_cache_meta(cache / split.train[0].video_id)["frames"] == 4
     stamp = (root / "puzzle.json").stat().st_mtime_ns
