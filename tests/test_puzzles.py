@@ -14,6 +14,7 @@ from fusionkit.data.puzzles import (
     COLOUR_B,
     PALETTE,
     PUZZLES,
+    RENDER_VERSION,
     SHAPES,
     coverage,
     get_puzzle,
