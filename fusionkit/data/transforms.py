@@ -113,31 +113,34 @@ class ResizeShortSide(PairedTransform):
         return resize(rgb, flow, round(h * s), round(w * s))
 
 
-class CenterCrop(PairedTransform):
+class _FixedCrop(PairedTransform):
+    """Crops of a fixed ``size`` (an int for squares, or (height, width))."""
+
     def __init__(self, size: int | tuple[int, int]):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
 
-    def __call__(self, rgb, flow):
+    def _fit(self, rgb: torch.Tensor) -> tuple[int, int, int, int]:
+        """(frame height, width, crop height, width), checking that the crop fits."""
         h, w = rgb.shape[-2:]
         ch, cw = self.size
         if ch > h or cw > w:
             raise ValueError(f"crop {self.size} is larger than the {h}x{w} frame; resize first")
+        return h, w, ch, cw
+
+
+class CenterCrop(_FixedCrop):
+    def __call__(self, rgb, flow):
+        h, w, ch, cw = self._fit(rgb)
         return crop(rgb, flow, (h - ch) // 2, (w - cw) // 2, ch, cw)
 
 
-class TenCrop(PairedTransform):
+class TenCrop(_FixedCrop):
     """Multi-crop testing (Simonyan & Zisserman 2014; TSN): the 4 corner crops and the centre crop,
     and their mirror images, stacked along the snippet axis: ``[T, ...]`` -> ``[10 T, ...]``, so the
     network's consensus averages over snippets and crops alike."""
 
-    def __init__(self, size: int | tuple[int, int]):
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-
     def __call__(self, rgb, flow):
-        h, w = rgb.shape[-2:]
-        ch, cw = self.size
-        if ch > h or cw > w:
-            raise ValueError(f"crop {self.size} is larger than the {h}x{w} frame; resize first")
+        h, w, ch, cw = self._fit(rgb)
         corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
         crops = [crop(rgb, flow, top, left, ch, cw) for top, left in corners]
         crops += [hflip(r, f) for r, f in crops]
