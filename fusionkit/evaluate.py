@@ -81,4 +81,4 @@ def fusion_weight_sweep(scores: Scores, weights=None, rgb: str = "rgb", flow: st
     """Top-1 of late fusion as a function of the RGB weight w in [0, 1] (w = 0: flow alone)."""
     weights = np.linspace(0, 1, 21) if weights is None else np.asarray(weights, float)
     top1 = [float((scores.fused(w, rgb, flow).argmax(1) == scores.labels).mean()) for w in weights]
-    return {"rgb_weight": weights.tolist(), "top1": top1}
+    return {"rgb_weight": [round(float(w), 6) for w in weights], "top1": top1}
