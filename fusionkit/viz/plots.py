@@ -85,7 +85,8 @@ def plot_accuracy_bars(accuracy: dict[str, dict[str, dict]], outputs: list[str],
     ax.set_ylabel("top-1 (test)")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncols=len(outputs) + 1)
+    # below the axes, so it never hides a bar
+    ax.legend(fontsize=7, ncols=min(len(outputs) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return ax
 
 
