@@ -151,12 +151,13 @@ class TwoStreamNet(nn.Module):
         features are None once a truncated motion tower has been fused away."""
         for stage in self.rgb_tower.stage_names:
             inner = self._stage_positions(stage)
-            children = zip(self.rgb_tower.stages[stage].children(), self.flow_tower.stages[stage].children())
-            for i, (r_mod, f_mod) in enumerate(children) if inner else []:  # fuse between the stage's children
-                rgb, flow = r_mod(rgb), f_mod(flow) if flow is not None else None
-                if i in inner:
-                    rgb, flow = self._fuse(inner[i], rgb, flow)
-            if not inner:
+            if inner:  # step through the stage's children to fuse between them
+                children = zip(self.rgb_tower.stages[stage].children(), self.flow_tower.stages[stage].children())
+                for i, (r_mod, f_mod) in enumerate(children):
+                    rgb, flow = r_mod(rgb), f_mod(flow) if flow is not None else None
+                    if i in inner:
+                        rgb, flow = self._fuse(inner[i], rgb, flow)
+            else:
                 rgb = self.rgb_tower.stages[stage](rgb)
                 flow = self.flow_tower.stages[stage](flow) if flow is not None else None
             if stage in self.fusion_blocks:
