@@ -1,0 +1,283 @@
+"""Cross-modality attention (CMA) of Chi, Tian, Mu & Tian, "Two-Stream Video Classification with
+Cross-Modality Attention" (ICCV-W 2019), §3, and its same-modality special case, the non-local
+block of Wang, Girshick, Gupta & He, "Non-local Neural Networks" (CVPR 2018).
+
+One attention unit, :class:`CrossModalityAttention`, updates a *target* map x with information
+gathered from a *source* map y (§3.1):
+
+    q = theta(x),  k = phi(pool(y)),  v = g(pool(y))                        (1x1 convs, §3.2)
+    attn = softmax(q k^T / sqrt(d_k)) v                                     (Eq. 1; Eq. 2-4)
+    z = x + BN(W_out(attn))                                                 (Eq. 5 + §3.2 BN)
+
+- :class:`CMABlock` (``"cma"``) runs it both ways, each with its own weights: rgb <- flow (RGB
+  queries, flow keys/values, Fig. 1) and flow <- rgb. Both directions read the block's *inputs*
+  (they are computed side by side, not one after the other).
+- :class:`NonLocalBlock` (``"nonlocal"``) runs the same class with target = source on each stream
+  (rgb <- rgb, flow <- flow): "the non-local operation can be regarded as a special case of CMA
+  when K, Q and V are all from the same modality" (§3.1). It does not mix the streams.
+
+Positions ("i and j are both indices of feature maps (can be in space, time, or spacetime)",
+§3.1): a 2D map ``[N, C, H, W]`` has H*W query positions, a 3D map ``[N, C, T, H, W]`` has T*H*W.
+The keys/values are max-pooled over *space only* (kernel = stride = 2; ``(1, 2, 2)`` on 3D maps),
+so there are ``T * floor(H/2) * floor(W/2)`` of them.
+
+Decisions where the paper leaves room (see :class:`CrossModalityAttention` for the details):
+
+- Scaling. Eq. 1 divides the logits by sqrt(d_k) *inside* the softmax. Eq. 3 as printed,
+  ``f = e^{q k^T} / sqrt(d_k)``, has the division outside the exponential, where the normaliser
+  C(x, y) of Eq. 4 cancels it, which would leave the unscaled embedded Gaussian of Wang et al.
+  (their Eq. 3). We follow Eq. 1 (the generic definition, "following the notations in [34]",
+  i.e. scaled dot-product attention) by default: ``scale=None`` means 1/sqrt(d_k); pass
+  ``scale=1.0`` for the literal Eq. 3 / Wang et al.'s embedded Gaussian.
+- Embedded Gaussian: yes. "For simplicity, we choose the embedded Gaussian version" (§3.1), i.e.
+  f = exp(q . k) normalised over the keys j, which is a softmax over keys (Eq. 2-4).
+- d_k = half the target's channels (§3.2, "conv_q reduce the number of channels to be half of
+  that in x, and conv_k and conv_v have same number of channels as conv_q").
+- Pooling floors odd sizes (``ceil_mode=False``, PyTorch's default and what Wang et al.'s
+  reference code uses): a 7x7 source gives 3x3 keys, and its last row and column reach no
+  key or value (ceil mode would add half-empty windows at the border). Maps smaller than 2 in H
+  or W cannot be pooled; build with ``pool=False`` (Wang et al.'s ``sub_sample=False``) for them.
+- Biases on theta, phi, g and W_out, as in Wang et al.'s code; weights He-initialised ("the CMA
+  blocks are initialized via the same scheme in [9]", §4.1), biases zero.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusionkit.fusion.base import FusionBlock, register_fusion
+
+__all__ = ["CrossModalityAttention", "CMABlock", "NonLocalBlock"]
+
+DIRECTIONS = ("both", "rgb", "flow")
+
+
+class _BatchNormND(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the channels of a 2D ``[N, C, H, W]`` or 3D ``[N, C, T, H, W]`` map: the
+    same parameters and buffers (and state-dict keys) as BatchNorm2d/BatchNorm3d, for either."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (4, 5):
+            raise ValueError(f"expected a 4D or 5D input, got shape {tuple(input.shape)}")
+
+
+def _conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 conv on a 2D map, or the same weights as a 1x1x1 conv on a 3D map (§3.2)."""
+    if x.dim() == 4:
+        return conv(x)
+    return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias)
+
+
+def _pool_space(x: torch.Tensor) -> torch.Tensor:
+    """Spatial max-pooling with stride 2 "before k and v" (§3.2): kernel 2x2 (1x2x2 on 3D maps,
+    time untouched), floor mode."""
+    if x.shape[-1] < 2 or x.shape[-2] < 2:
+        raise ValueError(f"CrossModalityAttention: cannot max-pool a source map of spatial size "
+                         f"{tuple(x.shape[-2:])} with stride 2 (shape {tuple(x.shape)}); build the block "
+                         f"with pool=False for maps this small")
+    if x.dim() == 4:
+        return F.max_pool2d(x, kernel_size=2, stride=2)
+    return F.max_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+
+
+class CrossModalityAttention(nn.Module):
+    """One direction of CMA: the *target* map x attends over all positions of the *source* map y.
+
+    ``forward(target, source) = target + BN(W_out(attend(target, source)))`` (Eq. 5 with §3.2's BN),
+    where :meth:`attend` is Eq. 1 / Eq. 2-4 with
+
+    - queries q = theta(x): 1x1 conv ``target_channels -> inner_channels`` (conv_q, §3.2),
+    - keys k = phi(pool(y)) and values v = g(pool(y)): 1x1 convs ``source_channels -> inner_channels``
+      after a spatial max-pool with stride 2 (conv_k, conv_v, §3.2),
+    - ``softmax(q k^T * scale) v`` over the key positions, with ``scale = 1/sqrt(d_k)`` (Eq. 1)
+      unless given, d_k = ``inner_channels``; computed by
+      :func:`torch.nn.functional.scaled_dot_product_attention` on ``[N, 1 head, L, d_k]`` tensors, so
+      PyTorch picks a fused / memory-efficient kernel and never builds the L_q x L_k matrix on the
+      normal path,
+    - W_out: 1x1 conv ``inner_channels -> target_channels``, then BatchNorm with scale gamma = 0 and
+      shift beta = 0 at init (§3.2, after Wang et al.), so the block is exactly the identity at init:
+      BN's output is then exactly 0 in eval *and* train mode, and ``target + 0 == target`` bit for bit.
+      The gradient w.r.t. gamma is not zero, so training moves it off 0.
+
+    The convs are picked by the input's dimension: 2D maps use the 1x1 Conv2d weights directly, 3D
+    maps use the same weights as a 1x1x1 Conv3d (one set of parameters, one code path). Target and
+    source may have different channels, different spatial sizes, and even different dimensions
+    (2D queries over 3D keys): attention only sees sets of positions. The output has the target's shape.
+
+    Attention weights for visualisation: set ``keep_attention = True`` (attribute or constructor
+    argument). Each forward then *also* computes the explicit matrix ``softmax(q k^T * scale)`` naively
+    and stores it, detached, in ``last_attention`` ``[N, L_q, L_k]``, with ``last_query_shape`` and
+    ``last_key_shape`` the position grids ((H, W) or (T, H, W); keys after pooling) that the row and
+    column indices unflatten to (row-major, as ``torch.unravel_index``). The output still comes from
+    the SDPA path, unchanged. With the flag off (default) nothing extra is computed or kept.
+
+    Args:
+        target_channels: channels of x (queries; the output has these).
+        source_channels: channels of y (keys and values); defaults to ``target_channels``.
+        inner_channels: d_k; default ``max(1, target_channels // 2)`` (§3.2).
+        scale: logit scale; None = 1/sqrt(d_k) (Eq. 1); 1.0 = Wang et al.'s embedded Gaussian.
+        pool: max-pool the source before k and v (§3.2); False for maps smaller than 2x2.
+        keep_attention: keep the explicit attention matrix of each forward (see above).
+    """
+
+    def __init__(self, target_channels: int, source_channels: int | None = None, inner_channels: int | None = None,
+                 scale: float | None = None, pool: bool = True, keep_attention: bool = False):
+        super().__init__()
+        source_channels = target_channels if source_channels is None else source_channels
+        inner_channels = max(1, target_channels // 2) if inner_channels is None else inner_channels
+        if min(target_channels, source_channels, inner_channels) < 1:
+            raise ValueError(f"CrossModalityAttention: channels must be positive, got target={target_channels}, "
+                             f"source={source_channels}, inner={inner_channels}")
+        self.target_channels, self.source_channels, self.inner_channels = target_channels, source_channels, inner_channels
+        self.scale = scale
+        self.pool = pool
+        self.keep_attention = keep_attention
+        self.theta = nn.Conv2d(target_channels, inner_channels, 1)   # conv_q
+        self.phi = nn.Conv2d(source_channels, inner_channels, 1)     # conv_k
+        self.g = nn.Conv2d(source_channels, inner_channels, 1)       # conv_v
+        self.w_out = nn.Conv2d(inner_channels, target_channels, 1)   # W_out, Eq. 5
+        self.bn = _BatchNormND(target_channels)
+        self.last_attention: torch.Tensor | None = None
+        self.last_query_shape: tuple[int, ...] | None = None
+        self.last_key_shape: tuple[int, ...] | None = None
+        self.reset_parameters()
+
+    @property
+    def effective_scale(self) -> float:
+        """The factor the logits q k^T are multiplied by: 1/sqrt(d_k) (Eq. 1) unless ``scale`` was given."""
+        return 1.0 / math.sqrt(self.inner_channels) if self.scale is None else float(self.scale)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He init for the convs (§4.1: "initialized via the same scheme in [9]"), zero biases, and
+        BN gamma = beta = 0 (§3.2), so the unit starts as the identity."""
+        for conv in (self.theta, self.phi, self.g, self.w_out):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        self.bn.reset_running_stats()
+        nn.init.zeros_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+
+    def attend(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The CMA operation, Eq. 1 (= Eq. 2-4 with the embedded Gaussian f): ``[N, d_k, *target
+        positions]``, i.e. z before W_out. Row i is ``sum_j softmax_j(q_i . k_j * scale) v_j``."""
+        n = target.shape[0]
+        q = _conv1x1(target, self.theta)
+        pooled = _pool_space(source) if self.pool else source
+        k = _conv1x1(pooled, self.phi)
+        v = _conv1x1(pooled, self.g)
+        # [N, d, *pos] -> [N, 1 head, L, d]
+        q_seq = q.flatten(2).transpose(1, 2).unsqueeze(1)
+        k_seq = k.flatten(2).transpose(1, 2).unsqueeze(1)
+        v_seq = v.flatten(2).transpose(1, 2).unsqueeze(1)
+        out = F.scaled_dot_product_attention(q_seq, k_seq, v_seq, scale=self.effective_scale)
+        if self.keep_attention:
+            with torch.no_grad():
+                logits = q_seq.squeeze(1) @ k_seq.squeeze(1).transpose(1, 2) * self.effective_scale
+                self.last_attention = torch.softmax(logits, dim=-1).detach()
+            self.last_query_shape = tuple(target.shape[2:])
+            self.last_key_shape = tuple(pooled.shape[2:])
+        # [N, 1, L_q, d] -> [N, d, *target positions]
+        return out.squeeze(1).transpose(1, 2).reshape(n, self.inner_channels, *target.shape[2:])
+
+    def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Eq. 5: ``out = BN(W_out z) + x`` (BN after W_out as in §3.2)."""
+        if target.dim() not in (4, 5) or source.dim() not in (4, 5):
+            raise ValueError(f"CrossModalityAttention: maps must be [N, C, H, W] or [N, C, T, H, W], got "
+                             f"target {tuple(target.shape)} and source {tuple(source.shape)}")
+        if target.shape[1] != self.target_channels or source.shape[1] != self.source_channels:
+            raise ValueError(f"CrossModalityAttention: built for target/source channels {self.target_channels}/"
+                             f"{self.source_channels}, got {target.shape[1]}/{source.shape[1]}")
+        if target.shape[0] != source.shape[0]:
+            raise ValueError(f"CrossModalityAttention: batch sizes differ: target {tuple(target.shape)} vs "
+                             f"source {tuple(source.shape)}")
+        return target + self.bn(_conv1x1(self.attend(target, source), self.w_out))
+
+    def extra_repr(self) -> str:
+        scale = "1/sqrt(d_k)" if self.scale is None else repr(self.scale)
+        return (f"target_channels={self.target_channels}, source_channels={self.source_channels}, "
+                f"inner_channels={self.inner_channels}, scale={scale}, pool={self.pool}")
+
+
+class _AttentionFusion(FusionBlock):
+    """Shared plumbing of :class:`CMABlock` and :class:`NonLocalBlock`: the ``directions`` argument,
+    the attention units ``rgb_attention`` / ``flow_attention`` (None for a stream left unchanged) and
+    a ``keep_attention`` switch that reaches both."""
+
+    same_spatial_size = False  # attention is global: the streams' grids need not match
+
+    def __init__(self, rgb_channels: int, flow_channels: int, directions: str = "both", *, cross: bool,
+                 inner_channels: int | None = None, scale: float | None = None, pool: bool = True,
+                 keep_attention: bool = False):
+        super().__init__(rgb_channels, flow_channels)
+        if directions not in DIRECTIONS:
+            raise ValueError(f"{type(self).__name__}: directions must be one of {DIRECTIONS}, got {directions!r}")
+        self.directions = directions
+        common = dict(inner_channels=inner_channels, scale=scale, pool=pool, keep_attention=keep_attention)
+        self.rgb_attention = (CrossModalityAttention(rgb_channels, flow_channels if cross else rgb_channels, **common)
+                              if directions in ("both", "rgb") else None)
+        self.flow_attention = (CrossModalityAttention(flow_channels, rgb_channels if cross else flow_channels, **common)
+                               if directions in ("both", "flow") else None)
+
+    @property
+    def keep_attention(self) -> bool:
+        return any(a.keep_attention for a in (self.rgb_attention, self.flow_attention) if a is not None)
+
+    @keep_attention.setter
+    def keep_attention(self, value: bool) -> None:
+        for a in (self.rgb_attention, self.flow_attention):
+            if a is not None:
+                a.keep_attention = bool(value)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, directions={self.directions!r}"
+
+
+@register_fusion("cma")
+class CMABlock(_AttentionFusion):
+    """CMA block (§3.2, Fig. 1-2): each stream attends over the other stream's positions.
+
+    ``fuse(rgb, flow) -> (rgb + BN(W_out CMA(Q_rgb, K_flow, V_flow)), flow + BN(W_out' CMA(Q_flow,
+    K_rgb, V_rgb)))`` (Eq. 1, 5), the two directions with separate weights (Fig. 2 puts CMA blocks
+    in *each* branch) and both computed from the block's inputs.
+
+    ``directions``: ``"both"`` (default), ``"rgb"`` (only rgb <- flow, Fig. 1; flow returned as the
+    same tensor) or ``"flow"`` (only flow <- rgb; rgb returned as is, so ``fuses_streams`` is False).
+    The streams may have different channels (each direction's d_k is half its target's channels)
+    and different spatial sizes. Other keyword arguments go to :class:`CrossModalityAttention`.
+    Identity at init: both outputs equal the inputs exactly until BN's gamma moves off 0.
+    """
+
+    def __init__(self, rgb_channels: int, flow_channels: int, directions: str = "both", **kwargs):
+        super().__init__(rgb_channels, flow_channels, directions, cross=True, **kwargs)
+        self.fuses_streams = directions != "flow"  # the RGB output mixes in flow unless only flow is updated
+
+    def fuse(self, rgb, flow):
+        new_rgb = rgb if self.rgb_attention is None else self.rgb_attention(rgb, flow)
+        new_flow = flow if self.flow_attention is None else self.flow_attention(flow, rgb)
+        return new_rgb, new_flow
+
+
+@register_fusion("nonlocal")
+class NonLocalBlock(_AttentionFusion):
+    """Non-local block (Wang et al. 2018, embedded Gaussian), the same-modality case of CMA (§3.1):
+    each stream attends over its own positions, rgb <- rgb and flow <- flow, with the same
+    :class:`CrossModalityAttention` class (target = source), separate weights per stream.
+
+    It never mixes the streams (``fuses_streams = False``). ``directions`` picks the streams that
+    get a block (``"both"``, ``"rgb"``, ``"flow"``); the other is returned unchanged. Note the
+    default scale is CMA's Eq. 1 (1/sqrt(d_k)); ``scale=1.0`` gives Wang et al.'s unscaled softmax.
+    """
+
+    fuses_streams = False
+
+    def __init__(self, rgb_channels: int, flow_channels: int, directions: str = "both", **kwargs):
+        super().__init__(rgb_channels, flow_channels, directions, cross=False, **kwargs)
+
+    def fuse(self, rgb, flow):
+        new_rgb = rgb if self.rgb_attention is None else self.rgb_attention(rgb, rgb)
+        new_flow = flow if self.flow_attention is None else self.flow_attention(flow, flow)
+        return new_rgb, new_flow
