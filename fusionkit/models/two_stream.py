@@ -92,12 +92,15 @@ class TwoStreamNet(nn.Module):
         fused_name: the name of the fused output (the method's name, e.g. ``"late"``).
         dropout: before each classifier (TSN uses 0.8 for RGB, 0.7 for flow on UCF-101).
         head_hidden: width of a per-location layer in each classifier (see :class:`ClassifierHead`).
+        branch_names: name the outputs ``<method>-R``, ``-F``, ``-S`` (RGB branch, flow branch, their
+            weighted sum), as Chi et al. do for networks whose branches exchange information.
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", new_length: int = 5, pretrained: bool = False,
                  fusion_blocks: Mapping[str, FusionBlock] | None = None, temporal_fusion: FusionBlock | None = None,
                  keep_flow_tower: bool = True, rgb_weight: float = 0.5, fused_name: str = "late",
-                 dropout: float = 0.5, head_hidden: int | None = None, **backbone_kwargs):
+                 dropout: float = 0.5, head_hidden: int | None = None, branch_names: bool = False,
+                 **backbone_kwargs):
         super().__init__()
         self.num_classes, self.new_length, self.rgb_weight, self.fused_name = num_classes, new_length, rgb_weight, fused_name
         self.rgb_tower: StagedBackbone = get_backbone(backbone, in_channels=3, pretrained=pretrained, **backbone_kwargs)
@@ -119,6 +122,7 @@ class TwoStreamNet(nn.Module):
                              f"this model has {len(fusing)} fusing blocks (temporal fusion needs the motion tower)")
         self.rgb_is_fused = bool(fusing)
         self.keep_flow_tower = keep_flow_tower
+        self.branch_names = branch_names
         # ModuleDict keys may not contain ".": store "stage3.1" as "stage3:1"
         self.fusion_blocks = nn.ModuleDict({p.replace(".", ":"): b for p, b in blocks.items()})
         self.temporal_fusion = temporal_fusion
@@ -181,12 +185,22 @@ class TwoStreamNet(nn.Module):
             # segmental consensus: average the snippets' class scores (TSN, Eq. 1 with g = mean)
             rgb_logits = self.rgb_head(r).view(b, t, -1).mean(1)
             flow_logits = self.flow_head(f).view(b, t, -1).mean(1) if f is not None else None
-        rgb_name = self.fused_name if self.rgb_is_fused else "rgb"
+        rgb_name, flow_name, fused = self.output_names()
         if flow_logits is None:
             return TwoStreamOutput({rgb_name: rgb_logits}, fused=rgb_name, heads=[rgb_name])
-        fused = self.fused_name + "+" if self.rgb_is_fused else self.fused_name
-        scores = {rgb_name: rgb_logits, "flow": flow_logits, fused: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
-        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, "flow"])
+        scores = {rgb_name: rgb_logits, flow_name: flow_logits,
+                  fused: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
+        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, flow_name])
+
+    def output_names(self) -> tuple[str, str, str]:
+        """(appearance tower, motion tower, score fusion) output names: ``rgb``/``flow``/method for
+        separate towers; method/``flow``/method+"+" once the motion stream feeds the appearance
+        tower; ``-R``/``-F``/``-S`` when both towers exchange information (``branch_names``)."""
+        if self.branch_names:
+            return f"{self.fused_name}-R", f"{self.fused_name}-F", f"{self.fused_name}-S"
+        if self.rgb_is_fused:
+            return self.fused_name, "flow", self.fused_name + "+"
+        return "rgb", "flow", self.fused_name
 
     # -- fine-tuning only what sits above the fusion point (Feichtenhofer et al. §3.5) ----------
     def freeze_below_fusion(self) -> list[str]:
@@ -298,3 +312,64 @@ def conv_fusion(num_classes: int, **kwargs) -> TwoStreamNet:
     stage into the appearance tower, 3D pooling in both towers, the motion tower kept with its own
     loss, the two towers' predictions averaged at test time."""
     return temporal(num_classes, temporal="conv3d_pool3d", fused_name="conv_fusion", **kwargs)
+
+
+def cma_positions(backbone: StagedBackbone) -> list[str]:
+    """Where Chi et al. insert CMA blocks (§4.2): "5 CMA blocks in res_3 and res_4 to every other
+    residual block" -- for a ResNet, children 1, 3 of stage2 (res_3) and 1, 3, 5 of stage3 (res_4) in
+    ResNet-50. For other staged backbones the same rule: every other child (the second, fourth, ...)
+    of the two stages before the last."""
+    positions = []
+    for stage in backbone.stage_names[-3:-1]:
+        n = len(list(backbone.stages[stage].children()))
+        positions += [f"{stage}.{i}" for i in range(1, n, 2)]
+    return positions
+
+
+@register_model("cma")
+def cma(num_classes: int, positions: Sequence[str] | None = None, block: str = "cma", rgb_weight: float = 5 / 6,
+        block_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
+    """Cross-modality attention network (Chi et al. 2019): ``block`` (``cma``, or ``nonlocal`` for the
+    same-modality case) after each of ``positions`` (default :func:`cma_positions`, the paper's
+    preset). Outputs ``cma-R``, ``cma-F`` and ``cma-S`` = w p_R + (1 - w) p_F, with the paper's 5:1
+    weighting for a model whose RGB branch was trained last (``rgb_weight``)."""
+    from fusionkit.fusion import build_fusion
+
+    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    positions = list(positions) if positions is not None else cma_positions(probe)
+    blocks = {p: build_fusion(block, rgb_channels=_channels_at(probe, p), flow_channels=_channels_at(probe, p),
+                              **(block_kwargs or {})) for p in positions}
+    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, fused_name=block,
+                        rgb_weight=rgb_weight, branch_names=True, **kwargs)
+
+
+def rgb_prediction_parameters(model: TwoStreamNet) -> int:
+    """Parameters the ``-R`` prediction of a CMA-style network depends on (Chi et al. Table 2 counts
+    them relative to one ResNet-50): the RGB tower and classifier, every RGB-side attention unit, the
+    flow-side units before the last fusion point (they shape the flow features read later), and the
+    flow tower up to the last fusion point."""
+    order = {name: i for i, name in enumerate(model.rgb_tower.stage_names)}
+
+    def key(position: str) -> tuple[int, int]:
+        stage, _, child = position.partition(".")
+        return order[stage], int(child) if child else 10**6
+
+    positions = sorted((k.replace(":", ".") for k in model.fusion_blocks), key=key)
+    if not positions:
+        raise ValueError("the model has no fusion blocks: its -R prediction is the RGB tower alone")
+    last_stage, last_child = key(positions[-1])
+
+    def count(module: nn.Module | None) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    total = count(model.rgb_tower) + count(model.rgb_head)
+    for position in positions:
+        block = model.fusion_blocks[position.replace(".", ":")]
+        total += count(getattr(block, "rgb_attention", None))
+        if position != positions[-1]:
+            total += count(getattr(block, "flow_attention", None))
+    for name in model.flow_tower.stage_names[:last_stage]:
+        total += count(model.flow_tower.stages[name])
+    stage = model.flow_tower.stages[model.flow_tower.stage_names[last_stage]]
+    total += sum(count(child) for i, child in enumerate(stage.children()) if i <= last_child)
+    return total
