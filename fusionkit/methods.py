@@ -17,6 +17,7 @@ from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import TwoStreamDataset
 from fusionkit.evaluate import evaluate
 from fusionkit.models.two_stream import build_model
+from fusionkit.registry import Registry
 from fusionkit.train import CHECKPOINT, TrainConfig, Trainer
 
 
@@ -40,18 +41,15 @@ class Method:
     finetune: str = "all"
 
 
-METHODS: dict[str, Method] = {}
+METHODS = Registry("method")
 
 
 def register_method(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name)(method)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 register_method(Method(

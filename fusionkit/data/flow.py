@@ -23,6 +23,7 @@ import numpy as np
 from fusionkit.data.atomic import atomic_directory, remove_partial_directories
 from fusionkit.data.parallel import run_jobs
 from fusionkit.data.video import VideoReadError, read_video
+from fusionkit.registry import Registry
 
 FLOW_BOUND = 20.0  # px; TSN / MMAction2 / denseflow clip flow to +-20 before quantising
 JPEG_QUALITY = 95
@@ -30,23 +31,13 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 META_FILE = "meta.json"
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-FLOW_BACKENDS: dict[str, Callable[[], FlowFn]] = {}
-
-
-def register_flow_backend(name: str):
-    """Register a factory returning ``fn(prev_grey, next_grey) -> flow [H, W, 2] float32``."""
-
-    def wrap(factory):
-        FLOW_BACKENDS[name] = factory
-        return factory
-
-    return wrap
+# name -> factory returning ``fn(prev_grey, next_grey) -> flow [H, W, 2] float32``
+FLOW_BACKENDS = Registry("flow backend")
+register_flow_backend = FLOW_BACKENDS.register
 
 
 def get_flow_backend(name: str) -> FlowFn:
-    if name not in FLOW_BACKENDS:
-        raise KeyError(f"unknown flow backend {name!r}; choose one of {sorted(FLOW_BACKENDS)}")
-    return FLOW_BACKENDS[name]()
+    return FLOW_BACKENDS.lookup(name)()
 
 
 @register_flow_backend("farneback")

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from fusionkit.data.atomic import atomic_write_text
+from fusionkit.registry import Registry
 
 # --- colours -------------------------------------------------------------------------------
 # Flat sprite colours: distinct hues, equal luma (ITU-R BT.601: Y = .299 R + .587 G + .114 B ~ 0.6),
@@ -186,22 +187,19 @@ def coverage(sprite: Sprite, size: int) -> np.ndarray:
 
 
 # --- registry ---------------------------------------------------------------------------------
-PUZZLES: dict[str, type[Puzzle]] = {}
+PUZZLES = Registry("puzzle")
 
 
 def register_puzzle(name: str):
     def wrap(cls: type[Puzzle]) -> type[Puzzle]:
         cls.name = name
-        PUZZLES[name] = cls
-        return cls
+        return PUZZLES.register(name)(cls)
 
     return wrap
 
 
 def get_puzzle(name: str) -> Puzzle:
-    if name not in PUZZLES:
-        raise KeyError(f"unknown puzzle {name!r}; choose one of {sorted(PUZZLES)}")
-    return PUZZLES[name]()
+    return PUZZLES.lookup(name)()
 
 
 def _straight_line(rng, frames, size, radius, direction, wrap: bool = False) -> np.ndarray:

@@ -18,26 +18,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FUSIONS: dict[str, type["FusionBlock"]] = {}
+from fusionkit.registry import Registry
+
+FUSIONS = Registry("fusion block")
 
 
 def register_fusion(name: str):
     """Class decorator adding a FusionBlock subclass to the registry under ``name``."""
 
     def wrap(cls: type[FusionBlock]) -> type[FusionBlock]:
-        if name in FUSIONS and FUSIONS[name] is not cls:
-            raise ValueError(f"a fusion block named {name!r} is already registered ({FUSIONS[name].__qualname__})")
+        FUSIONS.register(name)(cls)
         cls.registered_name = name
-        FUSIONS[name] = cls
         return cls
 
     return wrap
 
 
 def build_fusion(name: str, **kwargs) -> "FusionBlock":
-    if name not in FUSIONS:
-        raise KeyError(f"unknown fusion block {name!r}; registered: {sorted(FUSIONS)}")
-    return FUSIONS[name](**kwargs)
+    return FUSIONS.lookup(name)(**kwargs)
 
 
 class FusionBlock(nn.Module):

@@ -42,7 +42,7 @@ def interleave_channels(rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 class SpatialFusion(FusionBlock):
-    """Shared base of the §3.1 blocks: optional equal-channel check and ``out_channels``.
+    """Shared base of the §3.1 blocks: the optional equal-channel check.
 
     ``same_channels_because``: set on blocks whose equation pairs channel d of x^a with channel d
     of x^b (Eq. 1-4); construction then fails with this reason when the channel counts differ.
@@ -57,11 +57,6 @@ class SpatialFusion(FusionBlock):
                              f"({self.same_channels_because}), got rgb_channels={rgb_channels} and "
                              f"flow_channels={flow_channels}; fuse after stages with equal widths, or "
                              f"use 'bilinear' fusion, which pairs every channel with every channel")
-
-    @property
-    def out_channels(self) -> int:
-        """Channels of the fused (rgb) output map."""
-        return self.rgb_channels
 
 
 @register_fusion("sum")

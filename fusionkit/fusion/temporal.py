@@ -101,10 +101,6 @@ class TemporalPool2D(FusionBlock):
         self.stride = self.kernel_size if stride is None else int(stride)
         self.padding = int(padding)
 
-    @property
-    def out_channels(self) -> int:
-        return self.rgb_channels
-
     def fuse(self, rgb, flow):
         _require_5d(type(self).__name__, rgb, flow)
         k, s = (1, self.kernel_size, self.kernel_size), (1, self.stride, self.stride)
@@ -139,10 +135,6 @@ class TemporalPool3D(_Pool3DArgs, FusionBlock):
                  stride: Size3 | None = (2, 2, 2), padding: Size3 = (1, 1, 1)):
         super().__init__(rgb_channels, flow_channels)
         self._set_pool(kernel_size, stride, padding)
-
-    @property
-    def out_channels(self) -> int:
-        return self.rgb_channels
 
     def fuse(self, rgb, flow):
         _require_5d(type(self).__name__, rgb, flow)

@@ -30,13 +30,15 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, VGG16_Weights
+
+from fusionkit.registry import Registry
 
 
 class StagedBackbone(nn.Module):
@@ -94,20 +96,8 @@ class StagedBackbone(nn.Module):
 
 
 # --- registry ---------------------------------------------------------------------------------
-BackboneFactory = Callable[..., StagedBackbone]
-BACKBONES: dict[str, BackboneFactory] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Function decorator adding a backbone constructor to the registry under ``name``."""
-
-    def wrap(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES and BACKBONES[name] is not factory:
-            raise ValueError(f"a backbone named {name!r} is already registered ({BACKBONES[name].__qualname__})")
-        BACKBONES[name] = factory
-        return factory
-
-    return wrap
+BACKBONES = Registry("backbone")
+register_backbone = BACKBONES.register  # function decorator for a backbone constructor
 
 
 def list_backbones() -> list[str]:
@@ -116,9 +106,7 @@ def list_backbones() -> list[str]:
 
 def get_backbone(name: str, in_channels: int = 3, pretrained: bool = False, **kwargs) -> StagedBackbone:
     """Build the registered backbone ``name``; ``kwargs`` go to its constructor."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; registered: {list_backbones()}")
-    return BACKBONES[name](in_channels=in_channels, pretrained=pretrained, **kwargs)
+    return BACKBONES.lookup(name)(in_channels=in_channels, pretrained=pretrained, **kwargs)
 
 
 # --- pretrained weights -----------------------------------------------------------------------

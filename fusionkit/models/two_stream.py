@@ -11,13 +11,14 @@ both towers; ``"stage3.1"`` means after the second child (e.g. residual block) o
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from fusionkit.fusion.base import FusionBlock
 from fusionkit.models.backbones import StagedBackbone, get_backbone
+from fusionkit.registry import Registry
 
 
 class TwoStreamOutput(dict):
@@ -236,30 +237,25 @@ class TwoStreamNet(nn.Module):
         return self
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Register a function ``(num_classes, **kwargs) -> nn.Module`` under a method name."""
-
-    def wrap(fn):
-        MODELS[name] = fn
-        return fn
-
-    return wrap
+MODELS = Registry("model")
+register_model = MODELS.register  # for functions ``(num_classes, **kwargs) -> nn.Module``
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a registered model by method name, e.g. ``build_model("late", 4, backbone="tiny")``."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
-    return MODELS[name](num_classes, **kwargs)
+    return MODELS.lookup(name)(num_classes, **kwargs)
 
 
 @register_model("late")
 def late(num_classes: int, **kwargs) -> TwoStreamNet:
     """The original two-stream network: towers trained separately, softmax scores averaged."""
     return TwoStreamNet(num_classes, fused_name="late", **kwargs)
+
+
+def _probe_backbone(kwargs: dict) -> StagedBackbone:
+    """The backbone a model built with ``kwargs`` will use (no weights loaded), to read its stages
+    and channels before the blocks that sit between them are built."""
+    return get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
 
 
 def _channels_at(tower: StagedBackbone, position: str) -> int:
@@ -278,7 +274,7 @@ def spatial(num_classes: int, fusion: str = "conv", position: str | None = None,
     per-location layer (``head_hidden``, the fc6 analogue) or the fusion stays linear up to pooling."""
     from fusionkit.fusion import build_fusion
 
-    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    probe = _probe_backbone(kwargs)
     position = position or probe.stage_names[-1]
     c = _channels_at(probe, position)
     block = build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_kwargs or {}))
@@ -296,7 +292,7 @@ def temporal(num_classes: int, temporal: str = "conv3d_pool3d", spatial_fusion: 
     the motion stream into the appearance tower at the last stage; both towers are kept."""
     from fusionkit.fusion import build_fusion
 
-    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    probe = _probe_backbone(kwargs)
     c = probe.out_channels
     block = build_fusion(temporal, rgb_channels=c, flow_channels=c, **(temporal_kwargs or {}))
     blocks = {}
@@ -335,7 +331,7 @@ def cma(num_classes: int, positions: Sequence[str] | None = None, block: str = "
     weighting for a model whose RGB branch was trained last (``rgb_weight``)."""
     from fusionkit.fusion import build_fusion
 
-    probe = get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
+    probe = _probe_backbone(kwargs)
     positions = list(positions) if positions is not None else cma_positions(probe)
     blocks = {p: build_fusion(block, rgb_channels=_channels_at(probe, p), flow_channels=_channels_at(probe, p),
                               **(block_kwargs or {})) for p in positions}
