@@ -181,10 +181,11 @@ def tiny(in_channels: int = 3, pretrained: bool = False, widths: Sequence[int] =
     """Small CNN for the puzzles: each stage is a stride-2 conv3x3-BN-ReLU followed by a conv3x3-BN-ReLU,
     one stage per width. Default: ~165k parameters, 32/16/8-pixel maps at 64x64 input.
 
-    Why this shape (measured on `appearance`, TSN training with 3 snippets a video, 84 videos, 25
-    epochs, mean of 2 seeds): widths 24/48/96 reach 0.96 test accuracy at 31 s a run on 2 CPU cores;
-    32/64/128 reach about the same at 55 s; one conv a stage with a full-resolution stem (98k
-    parameters) reached only 0.86 in 40 epochs.
+    Why this shape: during development (``appearance`` puzzle, TSN training with 3 snippets a video,
+    84 videos, 2 CPU cores) widths 24/48/96 reached 0.96 test accuracy in 25 epochs at ~31 s a run,
+    32/64/128 about the same at ~55 s, and one conv a stage with a full-resolution stem (98k
+    parameters) only 0.86 in 40 epochs. Notebook 02's results file records what this default reaches
+    now (``figures/results/02_two_stream_late_fusion.json``).
     """
     if pretrained:
         raise ValueError("the 'tiny' backbone has no pretrained weights; build it with pretrained=False "
