@@ -25,7 +25,7 @@ def puzzle_experiment(method: str, puzzle: str, seeds=(0, 1), config: TrainConfi
                       data_dir: str | os.PathLike = "data", videos_per_class: int = 30, frames: int = 24,
                       size: int = 64, segments: int = 3, test_segments: int = 5, new_length: int = 5,
                       backbone: str = "tiny", flow_backend: str = "dis", workers: int = 1,
-                      init_from: list | None = None, **method_kwargs) -> PuzzleRun:
+                      init_from: list | None = None, track_test: bool = False, **method_kwargs) -> PuzzleRun:
     """Render the puzzle (once; data seed 0), then for each training seed train ``method`` and test it.
 
     The puzzle's videos are the same for every seed; the seed changes the initialisation, the
@@ -33,6 +33,8 @@ def puzzle_experiment(method: str, puzzle: str, seeds=(0, 1), config: TrainConfi
     ``init_from``: one trained model per seed to start from (e.g. ``late_run.models`` for fusion
     methods fine-tuned from separately trained streams); ``method_kwargs`` go to
     :func:`fusionkit.methods.run_method` (model options, ``finetune``, ``pretrain_config``).
+    ``track_test``: also test after every epoch, so the histories hold the test accuracy of every
+    output along training (e.g. at the end of each ``alternate`` iteration, Chi et al. Table 1).
     """
     root, cache = prepare_puzzle(puzzle, data_dir, backend=flow_backend, videos_per_class=videos_per_class,
                                  frames=frames, size=size, workers=workers, progress=False)
@@ -45,7 +47,8 @@ def puzzle_experiment(method: str, puzzle: str, seeds=(0, 1), config: TrainConfi
     for i, seed in enumerate(seeds):
         model, history, _ = run_method(method, train_set, None, len(get_puzzle(puzzle).classes), backbone=backbone,
                                        config=replace(config, seed=seed),
-                                       init_from=init_from[i] if init_from else None, **method_kwargs)
+                                       init_from=init_from[i] if init_from else None,
+                                       val_set=test_set if track_test else None, **method_kwargs)
         scores = predict(model, test_set, batch_size=config.batch_size, device=config.device)
         for output, probs in scores.probs.items():
             per_output.setdefault(output, []).append(classification_metrics(probs, scores.labels)["top1"])

@@ -18,7 +18,7 @@ from fusionkit.data.dataset import TwoStreamDataset
 from fusionkit.evaluate import evaluate
 from fusionkit.models.two_stream import build_model
 from fusionkit.registry import Registry
-from fusionkit.train import CHECKPOINT, TrainConfig, Trainer
+from fusionkit.train import ALTERNATE_RGB_WEIGHT, CHECKPOINT, TrainConfig, Trainer, alternate_branches
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,9 @@ class Method:
 
     ``pretrain``: a method trained first whose weights initialise this one (tower and classifier
     parameters of matching name and shape), as Feichtenhofer et al. initialise fusion networks
-    from separately trained streams. ``finetune``: ``"all"`` trains every layer afterwards,
-    ``"above_fusion"`` only the injected fusion layers and what follows them (their §3.5).
+    from separately trained streams; ``initialise`` limits the copy to parameters whose names start
+    with one of these prefixes (None: all that match). ``finetune``: ``"all"`` trains every layer
+    afterwards, ``"above_fusion"`` only the injected fusion layers and what follows them (their §3.5).
     """
 
     name: str
@@ -38,6 +39,7 @@ class Method:
     model_defaults: dict = field(default_factory=dict)
     train_defaults: dict = field(default_factory=dict)
     pretrain: str | None = None
+    initialise: tuple[str, ...] | None = None
     finetune: str = "all"
 
 
@@ -69,13 +71,24 @@ register_method(Method(
     name="conv_fusion", model="conv_fusion", schedule="finetune", pretrain="late",
     description="Feichtenhofer et al. 2016's architecture (Sec. 3.4): 3D conv fusion into the appearance tower at "
                 "the last conv stage, 3D pooling in both towers, both losses, predictions averaged at test."))
+register_method(Method(
+    name="cma", model="cma", schedule="alternate", pretrain="late", initialise=("flow_tower.", "flow_head."),
+    description="Cross-modality attention (Chi et al. 2019): CMA blocks in both branches (every other residual "
+                "block of the two stages before the last), the flow branch trained first on its own (Sec. 4.3), "
+                "then the branches trained in turn with the other frozen (iterations; RGB first), outputs -R/-F/-S."))
+register_method(Method(
+    name="nonlocal", model="cma", schedule="separate", model_defaults={"block": "nonlocal"},
+    description="Non-local blocks (Wang et al. 2018) at CMA's positions in each tower, the towers trained "
+                "separately: CMA's same-modality special case (Chi et al. Table 4)."))
 
 
-def initialise_from(model: nn.Module, source: nn.Module) -> list[str]:
+def initialise_from(model: nn.Module, source: nn.Module, prefixes: tuple[str, ...] | None = None) -> list[str]:
     """Copy every parameter and buffer of ``source`` whose name and shape match into ``model``
-    (the towers and classifiers of separately trained streams); return the names copied."""
+    (the towers and classifiers of separately trained streams), only names starting with one of
+    ``prefixes`` if given; return the names copied."""
     target = model.state_dict()
-    matched = {k: v for k, v in source.state_dict().items() if k in target and target[k].shape == v.shape}
+    matched = {k: v for k, v in source.state_dict().items() if k in target and target[k].shape == v.shape
+               and (prefixes is None or k.startswith(prefixes))}
     model.load_state_dict(matched, strict=False)
     return sorted(matched)
 
@@ -83,26 +96,28 @@ def initialise_from(model: nn.Module, source: nn.Module) -> list[str]:
 def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamDataset | None, num_classes: int,
                backbone: str = "tiny", config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
                resume: bool = False, init_from: nn.Module | None = None, pretrain_config: TrainConfig | None = None,
-               finetune: str | None = None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
+               finetune: str | None = None, val_set: TwoStreamDataset | None = None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
     """Build ``method``'s model, train it with its schedule, evaluate on ``test_set``.
 
     A method with ``pretrain`` starts from that method's trained weights: ``init_from`` (a trained
     model, e.g. shared by several fusion variants), or else it trains one first with
     ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
-    ``"above_fusion"``. Returns ``(model, history, metrics)``; with ``out_dir``
+    ``"above_fusion"``. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
     also writes ``run.json`` (what was run), the checkpoint and history (see
     :class:`fusionkit.train.Trainer`) and ``eval.json``.
     """
     m = get_method(method)
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
     kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
+    if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
+        kwargs["rgb_weight"] = ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations)[-1]]
     model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
     if m.pretrain is not None:
         if init_from is None:
             shared = {k: v for k, v in kwargs.items() if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained")}
             init_from, _, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
                                          config=pretrain_config or config, **shared)
-        initialise_from(model, init_from)
+        initialise_from(model, init_from, m.initialise)
         finetune = finetune or m.finetune
         if finetune not in ("all", "above_fusion"):
             raise ValueError(f"finetune must be 'all' or 'above_fusion', not {finetune!r}")
@@ -113,7 +128,7 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         atomic_write_text(Path(out_dir) / "run.json", json.dumps(
             {"method": method, "backbone": backbone, "num_classes": num_classes, "model_kwargs": kwargs,
              "train": asdict(config)}, indent=1))
-    history = Trainer(model, train_set, config, out_dir=out_dir).fit(resume=resume)
+    history = Trainer(model, train_set, config, val_set=val_set, out_dir=out_dir).fit(resume=resume)
     metrics = None
     if test_set is not None:
         metrics = evaluate(model, test_set, batch_size=config.batch_size, device=config.device)

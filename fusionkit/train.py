@@ -9,6 +9,14 @@ Schedules (DESIGN.md "Method"):
 - ``joint``: one cross-entropy on the fused output, back-propagated through everything.
 - ``finetune``: a loss per classifier, starting from separately trained streams (Feichtenhofer
   et al. §3.5); see :func:`fusionkit.methods.run_method`.
+- ``alternate``: Chi et al.'s iterative training (CMA, §4.3). Iteration 1 trains the RGB branch
+  on its own cross-entropy (the ``-R`` output) with the whole flow branch frozen, CMA units of
+  the flow branch included; iteration 2 the reverse; and so on for ``iterations`` iterations of
+  ``epochs`` epochs each. Each iteration starts a fresh optimizer at the initial LR ("At the
+  beginning of each iteration, we reset the learning rate", §4.4) and sets the model's score
+  weighting to 5:1 towards the branch just trained (§5.2). The flow branch is trained *before*
+  iteration 1 (§4.3: "we firstly train the flow branch"); :func:`fusionkit.methods.run_method`
+  does that by initialising it from a separately trained flow tower.
 
 Reproducibility: every epoch re-seeds Python, NumPy and torch (and the loader's shuffling and
 worker seeds) from ``(seed, epoch)``. A checkpoint is written atomically at the end of every
@@ -51,6 +59,7 @@ class TrainConfig:
     lr_step: int = 0  # epochs between x0.1 drops for "step" (0: a third of the run)
     warmup_epochs: int = 0
     schedule: str = "separate"
+    iterations: int = 1  # "alternate": branch-by-branch iterations of `epochs` epochs each (RGB first)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA if present (bf16 autocast, channels_last), else CPU
     num_workers: int = 0
@@ -89,9 +98,32 @@ def joint_objective(out, labels):
     return {out.fused: F.cross_entropy(out[out.fused], labels)}
 
 
+def branch_objective(branch: str) -> Objective:
+    """The cross-entropy of one branch's own classifier (``-R`` for ``"rgb"``, ``-F`` for ``"flow"``):
+    what an ``alternate`` iteration minimises (Chi et al. §4.3, Eq. 7)."""
+    index = ("rgb", "flow").index(branch)
+
+    def objective(out, labels):
+        name = out.heads[index]
+        return {name: F.cross_entropy(out[name], labels)}
+
+    return objective
+
+
 # "finetune" trains like "separate" (a loss per classifier); run_method first loads the weights of
-# separately trained streams and, if asked, freezes what lies below the fusion point.
-SCHEDULES: dict[str, Objective] = {"separate": heads_objective, "joint": joint_objective, "finetune": heads_objective}
+# separately trained streams and, if asked, freezes what lies below the fusion point. "alternate"
+# switches between branch_objective("rgb") and branch_objective("flow") (see Trainer.enter_phase).
+SCHEDULES: dict[str, Objective | None] = {"separate": heads_objective, "joint": joint_objective,
+                                          "finetune": heads_objective, "alternate": None}
+# Chi et al. §5.2: weights 5:1 towards the branch trained in the latest iteration
+ALTERNATE_RGB_WEIGHT = {"rgb": 5 / 6, "flow": 1 / 6}
+
+
+def alternate_branches(iterations: int) -> list[str]:
+    """The branch each ``alternate`` iteration trains: RGB in iter 1, 3, 5, ..., flow in 2, 4, ... (§4.3)."""
+    if iterations < 1:
+        raise ValueError(f"the alternate schedule needs iterations >= 1, got {iterations}")
+    return [("rgb", "flow")[i % 2] for i in range(iterations)]
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -151,20 +183,42 @@ class Trainer:
         if config.schedule not in SCHEDULES and objective is None:
             raise ValueError(f"unknown schedule {config.schedule!r}; available: {sorted(SCHEDULES)}")
         self.model, self.train_set, self.val_set, self.config = model, train_set, val_set, config
+        # a phase is `epochs` epochs with one optimizer: one for most schedules, one per iteration for "alternate"
+        self.branches = alternate_branches(config.iterations) if config.schedule == "alternate" else None
+        if self.branches is not None and not hasattr(model, "train_branch"):
+            raise TypeError(f"the alternate schedule trains one branch at a time, which needs a model with "
+                            f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")
+        self.fixed_objective = objective
         self.objective = objective or SCHEDULES[config.schedule]
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(config.device)
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model.parameters(), config)
         self.history: list[dict] = []
         self.epoch = 0
+        self.phase = -1
+        self.enter_phase(0)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs * (len(self.branches) if self.branches else 1)
+
+    def enter_phase(self, phase: int) -> None:
+        """Start phase ``phase`` with a fresh optimizer. Under ``alternate`` the phase is an iteration:
+        freeze the other branch, train this one on its own loss, weight the scores 5:1 towards it."""
+        if self.branches is not None:
+            branch = self.branches[phase]
+            self.model.train_branch(branch)
+            self.model.rgb_weight = ALTERNATE_RGB_WEIGHT[branch]
+            self.objective = self.fixed_objective or branch_objective(branch)
+        self.optimizer = make_optimizer(self.model.parameters(), self.config)
+        self.phase = phase
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "history": self.history, "config": asdict(self.config)}
+                "phase": self.phase, "history": self.history, "config": asdict(self.config)}
 
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
@@ -177,15 +231,21 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.history = state["epoch"], state["history"]
+        phase = min(self.epoch // self.config.epochs, self.total_epochs // self.config.epochs - 1)
+        self.enter_phase(phase)
+        if state.get("phase", 0) == phase:  # otherwise the next epoch starts a new phase: fresh optimizer
+            self.optimizer.load_state_dict(state["optimizer"])
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``config.epochs``; with ``resume`` continue from ``out_dir``'s checkpoint."""
         if resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).is_file():
             self.load_checkpoint(self.out_dir / CHECKPOINT)
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.total_epochs:
+            phase = self.epoch // self.config.epochs
+            if phase != self.phase:
+                self.enter_phase(phase)
             record = self.train_epoch(self.epoch)
             if self.val_set is not None:
                 from fusionkit.evaluate import evaluate
@@ -199,9 +259,10 @@ class Trainer:
         return self.history
 
     def train_epoch(self, epoch: int) -> dict:
+        """One pass over the data at epoch ``epoch`` (0-based, counted over all phases)."""
         cfg = self.config
         seed_everything(cfg.seed * 100_003 + epoch)
-        lr = cfg.lr * lr_factor(epoch, cfg)
+        lr = cfg.lr * lr_factor(epoch % cfg.epochs, cfg)  # the LR schedule restarts with each phase
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loader = make_loader(self.train_set, cfg.batch_size, True, cfg.seed * 100_003 + epoch, cfg.num_workers, self.device)
@@ -209,7 +270,10 @@ class Trainer:
         sums: dict[str, float] = {}
         correct: dict[str, int] = {}
         seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        desc = f"epoch {epoch + 1}/{self.total_epochs}"
+        if self.branches is not None:
+            desc = f"iter {self.phase + 1} ({self.branches[self.phase]}) " + desc
+        bar = tqdm(loader, desc=desc, disable=not cfg.progress, leave=False)
         for step, batch in enumerate(bar):
             batch = _to_device(batch, self.device)
             labels = batch["label"]
@@ -233,6 +297,8 @@ class Trainer:
                 correct[k] = correct.get(k, 0) + (v.argmax(-1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         record = {"epoch": epoch + 1, "lr": lr, "loss": sum(sums.values()) / max(seen, 1)}
+        if self.branches is not None:
+            record.update(iteration=self.phase + 1, branch=self.branches[self.phase])
         record.update({f"loss_{k}": v / max(seen, 1) for k, v in sums.items()})
         record["train"] = {k: round(v / max(seen, 1), 4) for k, v in correct.items()}
         return record

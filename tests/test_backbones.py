@@ -13,7 +13,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fusionkit.models import (
     BACKBONES,
-    IMAGENET_WEIGHTS,
+    PRETRAINED_WEIGHTS,
     StagedBackbone,
     cross_modality_init,
     get_backbone,
@@ -239,7 +239,7 @@ def test_flow_tower_without_pretraining_is_not_replicated():
 
 def test_weights_file_is_in_torch_hub_cache(hub_cache):
     assert pretrained_weights_file("resnet18") == hub_cache / "resnet18-f37072fd.pth"
-    for name, weights in IMAGENET_WEIGHTS.items():
+    for name, weights in PRETRAINED_WEIGHTS.items():
         assert weights.url.endswith("/" + pretrained_weights_file(name).name)
 
 
@@ -249,6 +249,6 @@ def test_offline_pretrained_request_says_what_to_put_where(name, hub_cache):
     with pytest.raises(RuntimeError) as info:
         get_backbone(name, in_channels=FLOW_CHANNELS, pretrained=True)
     message = str(info.value)
-    assert path.name in message and str(hub_cache) in message and IMAGENET_WEIGHTS[name].url in message
+    assert path.name in message and str(hub_cache) in message and PRETRAINED_WEIGHTS[name].url in message
     assert "Network is unreachable" in message
     assert not path.exists()  # no half-written file left in the cache

@@ -68,11 +68,30 @@ def _ref_pool(y):
     return y.amax(dim=(-3, -1))
 
 
+def _ref_positions(grid, frequencies):
+    """Fourier features of cell centres, written out per cell: [4F, L] (x sines, y sines, x cosines, y cosines)."""
+    *t, h, w = grid
+    columns = []
+    for _ in range(t[0] if t else 1):
+        for i in range(h):
+            for j in range(w):
+                u, v = (j + 0.5) / w, (i + 0.5) / h
+                angles = [2 * math.pi * 2**f * u for f in range(frequencies)] + \
+                         [2 * math.pi * 2**f * v for f in range(frequencies)]
+                columns.append([math.sin(a) for a in angles] + [math.cos(a) for a in angles])
+    return torch.tensor(columns, dtype=torch.float64).T
+
+
 def _ref_attention(unit, x, y):
-    """(softmax matrix [N, L_q, L_k], z [N, d, *x positions]) from Eq. 1, with explicit matmuls."""
+    """(softmax matrix [N, L_q, L_k], z [N, d, *x positions]) from Eq. 1, with explicit matmuls
+    (plus the optional positional terms of queries and keys)."""
     q = _ref_conv1x1(unit.theta, x).flatten(2)            # [N, d, L_q]
     pooled = _ref_pool(y)
     k = _ref_conv1x1(unit.phi, pooled).flatten(2)         # [N, d, L_k]
+    if unit.position_frequencies:
+        f = unit.position_frequencies
+        q = q + unit.theta_position.weight.flatten(1) @ _ref_positions(x.shape[2:], f)
+        k = k + unit.phi_position.weight.flatten(1) @ _ref_positions(pooled.shape[2:], f)
     v = _ref_conv1x1(unit.g, pooled).flatten(2)           # [N, d, L_k]
     d = q.shape[1]
     logits = torch.einsum("ndi,ndj->nij", q, k) / math.sqrt(d)
@@ -261,3 +280,53 @@ def test_small_maps_need_pool_false():
         _block("cma", dtype=torch.float32)(rgb, flow)
     out_rgb, out_flow = _block("cma", dtype=torch.float32, pool=False)(rgb, flow)
     assert torch.equal(out_rgb, rgb) and torch.equal(out_flow, flow)
+
+
+# ---- positional terms (not in the paper; off by default) ------------------------------------------
+
+def test_fourier_positions_dot_product_is_a_sum_of_cosines_of_the_offset():
+    from fusionkit.fusion.cma import fourier_positions
+
+    p = fourier_positions((4, 6), 3, dtype=torch.float64).flatten(1)  # [12, 24]
+    torch.testing.assert_close(p, _ref_positions((4, 6), 3))
+    i, j = 5, 22  # cells (0, 5) and (3, 4)
+    (yi, xi), (yj, xj) = divmod(i, 6), divmod(j, 6)
+    expected = sum(math.cos(2 * math.pi * 2**f * (xi - xj) / 6) + math.cos(2 * math.pi * 2**f * (yi - yj) / 4)
+                   for f in range(3))
+    assert float(p[:, i] @ p[:, j]) == pytest.approx(expected)
+    # a 2x2-pooled grid's cell centres are the centres of the 2x2 windows they pool
+    coarse = fourier_positions((2, 3), 1, dtype=torch.float64)
+    fine_centre_x = (torch.arange(6, dtype=torch.float64) + 0.5) / 6
+    pooled_x = fine_centre_x.reshape(3, 2).mean(1)
+    torch.testing.assert_close(coarse[0, 0], torch.sin(2 * math.pi * pooled_x))
+    assert fourier_positions((2, 4, 6), 2).shape == (8, 2, 4, 6)
+
+
+@pytest.mark.parametrize("dims", ["2d", "3d_odd"])
+def test_positional_terms_match_reference_and_keep_identity_at_init(dims):
+    rgb, flow = _pair(SPACES[dims])
+    block = _block("cma", position_frequencies=2)
+    block.eval()
+    out_rgb, out_flow = block(rgb, flow)
+    assert torch.equal(out_rgb, rgb) and torch.equal(out_flow, flow)
+    _randomise_bn(block)
+    block.keep_attention = True
+    out_rgb, _ = block(rgb, flow)
+    torch.testing.assert_close(out_rgb, _ref_unit(block.rgb_attention, rgb, flow), rtol=1e-10, atol=1e-10)
+    ref_att, _ = _ref_attention(block.rgb_attention, rgb, flow)
+    torch.testing.assert_close(block.rgb_attention.last_attention, ref_att, rtol=1e-10, atol=1e-12)
+
+
+def test_positional_init_makes_each_query_look_at_its_own_cell_first():
+    """With the content terms zeroed, the initial positional logits peak at the key cell that
+    contains the query (the locality prior of the initialisation)."""
+    unit = CrossModalityAttention(8, inner_channels=16, position_frequencies=3, keep_attention=True).double()
+    with torch.no_grad():
+        unit.theta.weight.zero_()
+        unit.phi.weight.zero_()
+    x = torch.randn(1, 8, 8, 8, dtype=torch.float64)
+    unit(x, x)
+    best = unit.last_attention[0].argmax(-1)  # [64] key index per query
+    for i in range(64):
+        (y, xq), (ky, kx) = divmod(i, 8), divmod(int(best[i]), 4)
+        assert (ky, kx) == (y // 2, xq // 2), (i, ky, kx)

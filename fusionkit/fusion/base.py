@@ -15,6 +15,8 @@ wrong fails with a message saying which shapes and why, not deep inside a conv.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -64,6 +66,14 @@ class FusionBlock(nn.Module):
         """Channels of the RGB (or fused) output, which sizes the layers that follow."""
         return self.rgb_channels
 
+    def branch_modules(self, branch: str) -> list[nn.Module]:
+        """The parts of this block that belong to the ``"rgb"`` or ``"flow"`` branch, for schedules
+        that train one branch at a time (Chi et al. §4.3). By default a block writes into the RGB
+        tower, so all of it is the RGB branch's; blocks with a unit per stream (CMA) split."""
+        if branch not in ("rgb", "flow"):
+            raise ValueError(f"branch must be 'rgb' or 'flow', got {branch!r}")
+        return [self] if branch == "rgb" else []
+
     def fuse(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement fuse(rgb, flow) -> (rgb, flow)")
 
@@ -93,3 +103,36 @@ class FusionBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rgb_channels={self.rgb_channels}, flow_channels={self.flow_channels}"
+
+
+class FusionChain(FusionBlock):
+    """Several blocks at one position, applied in turn: ``(rgb, flow) -> block_1 -> ... -> block_n``.
+    Chi et al. (Table 4) put a CMA block "just behind" a non-local block this way. The chain fuses
+    the streams if any of its blocks does, and each branch owns its blocks' parts of that branch."""
+
+    def __init__(self, blocks: Sequence[FusionBlock]):
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError("FusionChain needs at least one block")
+        super().__init__(blocks[0].rgb_channels, blocks[0].flow_channels)
+        for before, after in zip(blocks, blocks[1:]):
+            if (before.out_channels, before.flow_channels) != (after.rgb_channels, after.flow_channels):
+                raise ValueError(f"FusionChain: {type(before).__name__} outputs {before.out_channels}/"
+                                 f"{before.flow_channels} rgb/flow channels but {type(after).__name__} takes "
+                                 f"{after.rgb_channels}/{after.flow_channels}")
+        self.blocks = nn.ModuleList(blocks)
+        self.same_spatial_size = any(b.same_spatial_size for b in blocks)
+        self.keeps_shape = all(b.keeps_shape for b in blocks)
+        self.fuses_streams = any(b.fuses_streams for b in blocks)
+
+    @property
+    def out_channels(self) -> int:
+        return self.blocks[-1].out_channels
+
+    def branch_modules(self, branch: str) -> list[nn.Module]:
+        return [m for block in self.blocks for m in block.branch_modules(branch)]
+
+    def fuse(self, rgb, flow):
+        for block in self.blocks:
+            rgb, flow = block(rgb, flow)
+        return rgb, flow

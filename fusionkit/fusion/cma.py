@@ -39,6 +39,18 @@ Decisions where the paper leaves room (see :class:`CrossModalityAttention` for t
   or W cannot be pooled; build with ``pool=False`` (Wang et al.'s ``sub_sample=False``) for them.
 - Biases on theta, phi, g and W_out, as in Wang et al.'s code; weights He-initialised ("the CMA
   blocks are initialized via the same scheme in [9]", §4.1), biases zero.
+
+One option that is *not* in the paper, off by default: ``position_frequencies``. Attention
+compares contents only: q_i . k_j does not depend on where i and j are, so a query cannot prefer
+the key at its own location unless the features carry their position. ResNet-50 features at
+224x224 do (zero padding and receptive fields larger than the image leak absolute position), a
+small CNN's early maps hardly do, and then CMA cannot tell *which* of two sprites moves
+(notebook 06, ``registration``). With ``position_frequencies = F > 0`` the queries and keys get
+a learned linear map of 2D Fourier features of their cell centres (sin and cos of
+``2 pi 2^f u`` for f < F, u = x and y in [0, 1] of the frame, 4F channels) added to them, as
+transformers add positional encodings (Vaswani et al. 2017, §3.5): p_i . p_j = sum cos(w (u_i - u_j)),
+so q . k can peak where query and key coincide. Values are unchanged, and the block is still the
+identity at init.
 """
 from __future__ import annotations
 
@@ -69,6 +81,20 @@ def _conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     if x.dim() == 4:
         return conv(x)
     return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias)
+
+
+def fourier_positions(grid: tuple[int, ...], frequencies: int, device=None, dtype=None) -> torch.Tensor:
+    """``[4F, *grid]``: sin and cos of ``2 pi 2^f u`` (f < F) for u = the x and y of each cell centre
+    in [0, 1] of the frame (``(i + 0.5) / size``), repeated over time for a ``(T, H, W)`` grid. Cell
+    centres make a pooled grid line up with the full one (both cover the same frame)."""
+    h, w = grid[-2:]
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    omegas = 2 * math.pi * 2.0 ** torch.arange(frequencies, device=device, dtype=dtype)
+    phases = torch.cat([xx[None] * omegas[:, None, None], yy[None] * omegas[:, None, None]])  # [2F, H, W]
+    features = torch.cat([phases.sin(), phases.cos()])
+    return features[:, None].expand(-1, grid[0], h, w) if len(grid) == 3 else features
 
 
 def _pool_space(x: torch.Tensor) -> torch.Tensor:
@@ -121,10 +147,13 @@ class CrossModalityAttention(nn.Module):
         scale: logit scale; None = 1/sqrt(d_k) (Eq. 1); 1.0 = Wang et al.'s embedded Gaussian.
         pool: max-pool the source before k and v (§3.2); False for maps smaller than 2x2.
         keep_attention: keep the explicit attention matrix of each forward (see above).
+        position_frequencies: F > 0 adds learned positional terms to q and k (not in the paper;
+            see the module docstring); 0 (default) is the paper's content-only attention.
     """
 
     def __init__(self, target_channels: int, source_channels: int | None = None, inner_channels: int | None = None,
-                 scale: float | None = None, pool: bool = True, keep_attention: bool = False):
+                 scale: float | None = None, pool: bool = True, keep_attention: bool = False,
+                 position_frequencies: int = 0):
         super().__init__()
         source_channels = target_channels if source_channels is None else source_channels
         inner_channels = max(1, target_channels // 2) if inner_channels is None else inner_channels
@@ -139,6 +168,10 @@ class CrossModalityAttention(nn.Module):
         self.phi = nn.Conv2d(source_channels, inner_channels, 1)     # conv_k
         self.g = nn.Conv2d(source_channels, inner_channels, 1)       # conv_v
         self.w_out = nn.Conv2d(inner_channels, target_channels, 1)   # W_out, Eq. 5
+        self.position_frequencies = position_frequencies
+        if position_frequencies:  # not in the paper: see the module docstring
+            self.theta_position = nn.Conv2d(4 * position_frequencies, inner_channels, 1, bias=False)
+            self.phi_position = nn.Conv2d(4 * position_frequencies, inner_channels, 1, bias=False)
         self.bn = _BatchNormND(target_channels)
         self.last_attention: torch.Tensor | None = None
         self.last_query_shape: tuple[int, ...] | None = None
@@ -157,6 +190,15 @@ class CrossModalityAttention(nn.Module):
         for conv in (self.theta, self.phi, self.g, self.w_out):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
+        if self.position_frequencies:
+            # a locality prior: theta_position = phi_position = s * A with orthonormal columns A (when
+            # d_k >= 4F), so the positional logit is s^2 * p_i . p_j * scale = s^2 * scale * sum_f cos(w_f du),
+            # peaking at the query's own cell; s puts that peak ~4 above the mean logit
+            weight = torch.empty(self.inner_channels, 4 * self.position_frequencies)
+            nn.init.orthogonal_(weight)
+            s = math.sqrt(4.0 / (2 * self.position_frequencies * self.effective_scale))
+            for conv in (self.theta_position, self.phi_position):
+                conv.weight.copy_(s * weight.reshape(conv.weight.shape))
         self.bn.reset_running_stats()
         nn.init.zeros_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
@@ -169,6 +211,9 @@ class CrossModalityAttention(nn.Module):
         pooled = _pool_space(source) if self.pool else source
         k = _conv1x1(pooled, self.phi)
         v = _conv1x1(pooled, self.g)
+        if self.position_frequencies:
+            q = q + self._position_term(q, self.theta_position)
+            k = k + self._position_term(k, self.phi_position)
         # [N, d, *pos] -> [N, 1 head, L, d]
         q_seq = q.flatten(2).transpose(1, 2).unsqueeze(1)
         k_seq = k.flatten(2).transpose(1, 2).unsqueeze(1)
@@ -182,6 +227,11 @@ class CrossModalityAttention(nn.Module):
             self.last_key_shape = tuple(pooled.shape[2:])
         # [N, 1, L_q, d] -> [N, d, *target positions]
         return out.squeeze(1).transpose(1, 2).reshape(n, self.inner_channels, *target.shape[2:])
+
+    def _position_term(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """The learned positional term of queries or keys ``x`` ``[N, d, *grid]``, broadcast over N."""
+        features = fourier_positions(tuple(x.shape[2:]), self.position_frequencies, x.device, x.dtype)
+        return _conv1x1(features.unsqueeze(0), conv)
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Eq. 5: ``out = BN(W_out z) + x`` (BN after W_out as in §3.2)."""
@@ -198,8 +248,9 @@ class CrossModalityAttention(nn.Module):
 
     def extra_repr(self) -> str:
         scale = "1/sqrt(d_k)" if self.scale is None else repr(self.scale)
+        position = f", position_frequencies={self.position_frequencies}" if self.position_frequencies else ""
         return (f"target_channels={self.target_channels}, source_channels={self.source_channels}, "
-                f"inner_channels={self.inner_channels}, scale={scale}, pool={self.pool}")
+                f"inner_channels={self.inner_channels}, scale={scale}, pool={self.pool}{position}")
 
 
 class _AttentionFusion(FusionBlock):
@@ -211,12 +262,13 @@ class _AttentionFusion(FusionBlock):
 
     def __init__(self, rgb_channels: int, flow_channels: int, directions: str = "both", *, cross: bool,
                  inner_channels: int | None = None, scale: float | None = None, pool: bool = True,
-                 keep_attention: bool = False):
+                 keep_attention: bool = False, position_frequencies: int = 0):
         super().__init__(rgb_channels, flow_channels)
         if directions not in DIRECTIONS:
             raise ValueError(f"{type(self).__name__}: directions must be one of {DIRECTIONS}, got {directions!r}")
         self.directions = directions
-        common = dict(inner_channels=inner_channels, scale=scale, pool=pool, keep_attention=keep_attention)
+        common = dict(inner_channels=inner_channels, scale=scale, pool=pool, keep_attention=keep_attention,
+                      position_frequencies=position_frequencies)
         self.rgb_attention = (CrossModalityAttention(rgb_channels, flow_channels if cross else rgb_channels, **common)
                               if directions in ("both", "rgb") else None)
         self.flow_attention = (CrossModalityAttention(flow_channels, rgb_channels if cross else flow_channels, **common)
@@ -231,6 +283,14 @@ class _AttentionFusion(FusionBlock):
         for a in (self.rgb_attention, self.flow_attention):
             if a is not None:
                 a.keep_attention = bool(value)
+
+    def branch_modules(self, branch: str) -> list[nn.Module]:
+        """Each attention unit belongs to the branch it writes into: ``rgb_attention`` (RGB queries)
+        to the RGB branch, ``flow_attention`` to the flow branch (Fig. 2: n blocks "in each branch";
+        §4.3 freezes "all the layers in the Flow branch, including CMA blocks of the Flow branch")."""
+        super().branch_modules(branch)  # validates the name
+        unit = self.rgb_attention if branch == "rgb" else self.flow_attention
+        return [unit] if unit is not None else []
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, directions={self.directions!r}"

@@ -1,7 +1,7 @@
 """Models: staged backbones (this package's :mod:`~fusionkit.models.backbones`)."""
 from fusionkit.models.backbones import (
     BACKBONES,
-    IMAGENET_WEIGHTS,
+    PRETRAINED_WEIGHTS,
     StagedBackbone,
     cross_modality_init,
     get_backbone,
@@ -12,7 +12,7 @@ from fusionkit.models.backbones import (
 
 __all__ = [
     "BACKBONES",
-    "IMAGENET_WEIGHTS",
+    "PRETRAINED_WEIGHTS",
     "StagedBackbone",
     "cross_modality_init",
     "get_backbone",

@@ -37,6 +37,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, VGG16_Weights
+from torchvision.models.video import R2Plus1D_18_Weights, R3D_18_Weights
 
 from fusionkit.registry import Registry
 
@@ -49,6 +50,8 @@ class StagedBackbone(nn.Module):
         channels: output channels of each stage.
         strides: total downsampling of each stage's output relative to the input.
         in_channels: channels of the input (3 for RGB, 2L for stacked flow).
+        dims: 2 for image backbones (``[N, C, H, W]``), 3 for video backbones (``[N, C, T, H, W]``
+            clips; ``strides`` then give the spatial downsampling).
 
     Attributes:
         stages: ``nn.ModuleDict`` of the stages, in order.
@@ -58,7 +61,7 @@ class StagedBackbone(nn.Module):
     """
 
     def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int], strides: Sequence[int],
-                 in_channels: int):
+                 in_channels: int, dims: int = 2):
         super().__init__()
         if not len(stages) == len(channels) == len(strides):
             raise ValueError(f"got {len(stages)} stages, {len(channels)} channel counts and {len(strides)} strides")
@@ -67,15 +70,18 @@ class StagedBackbone(nn.Module):
         self.stage_channels = dict(zip(self.stage_names, channels))
         self.stage_strides = dict(zip(self.stage_names, strides))
         self.in_channels = in_channels
+        self.dims = dims
         self.out_channels = channels[-1]
 
     def run_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Apply one stage; ``x`` is the previous stage's output (the input for ``stem``)."""
         if name not in self.stages:
             raise KeyError(f"no stage {name!r}; stages are {self.stage_names}")
-        if name == "stem" and (x.dim() != 4 or x.shape[1] != self.in_channels):
-            raise ValueError(f"this backbone takes input [N, {self.in_channels}, H, W] but got shape {tuple(x.shape)} "
-                             f"(an RGB tower takes 3 channels, a flow tower 2L: x and y of L stacked flow fields)")
+        if name == "stem" and (x.dim() != self.dims + 2 or x.shape[1] != self.in_channels):
+            layout = "[N, {c}, H, W]" if self.dims == 2 else "[N, {c}, T, H, W] (a clip)"
+            raise ValueError(f"this backbone takes input {layout.format(c=self.in_channels)} but got shape "
+                             f"{tuple(x.shape)} (an RGB tower takes 3 channels, a flow tower 2L: x and y of L "
+                             f"stacked flow fields)")
         return self.stages[name](x)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -92,7 +98,7 @@ class StagedBackbone(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, stage_channels={self.stage_channels}"
+        return f"in_channels={self.in_channels}, stage_channels={self.stage_channels}, dims={self.dims}"
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -110,30 +116,33 @@ def get_backbone(name: str, in_channels: int = 3, pretrained: bool = False, **kw
 
 
 # --- pretrained weights -----------------------------------------------------------------------
-# The original ImageNet weights (V1), as the two-stream papers used them.
-IMAGENET_WEIGHTS = {
+# The original ImageNet weights (V1), as the two-stream papers used them; Kinetics-400 for the 3D nets.
+PRETRAINED_WEIGHTS = {
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": ResNet50_Weights.IMAGENET1K_V1,
     "vgg16": VGG16_Weights.IMAGENET1K_V1,
+    "r3d_18": R3D_18_Weights.KINETICS400_V1,
+    "r2plus1d_18": R2Plus1D_18_Weights.KINETICS400_V1,
 }
 
 
 def pretrained_weights_file(name: str) -> Path:
-    """Where the ImageNet weights of backbone ``name`` are looked for, and downloaded to:
+    """Where the pretrained weights of backbone ``name`` are looked for, and downloaded to:
     ``<torch.hub.get_dir()>/checkpoints/<file name of the torchvision URL>`` (moves with $TORCH_HOME)."""
-    if name not in IMAGENET_WEIGHTS:
-        raise ValueError(f"backbone {name!r} has no pretrained weights; these do: {sorted(IMAGENET_WEIGHTS)}")
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(IMAGENET_WEIGHTS[name].url).path)
+    if name not in PRETRAINED_WEIGHTS:
+        raise ValueError(f"backbone {name!r} has no pretrained weights; these do: {sorted(PRETRAINED_WEIGHTS)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(PRETRAINED_WEIGHTS[name].url).path)
 
 
-def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """Load the torchvision state dict of ``name`` from torch.hub's cache, downloading it if absent."""
-    path, url = pretrained_weights_file(name), IMAGENET_WEIGHTS[name].url
+def _pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """Load the torchvision state dict of ``name`` from torch.hub's cache, downloading it if absent
+    (only ever called for ``pretrained=True``: the user asked for the weights)."""
+    path, url = pretrained_weights_file(name), PRETRAINED_WEIGHTS[name].url
     try:
         return torch.hub.load_state_dict_from_url(url, model_dir=str(path.parent), map_location="cpu",
                                                   check_hash=True, weights_only=True)
     except OSError as err:  # urllib's URLError, socket and SSL errors: no network
-        raise RuntimeError(f"could not download the ImageNet weights of {name!r} ({path.name}) from {url}: {err}. "
+        raise RuntimeError(f"could not download the pretrained weights of {name!r} ({path.name}) from {url}: {err}. "
                            f"On an offline machine, download {path.name} elsewhere and put it in the folder "
                            f"{path.parent} (torch.hub's cache; $TORCH_HOME moves it).") from err
 
@@ -141,21 +150,22 @@ def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
 def cross_modality_init(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Cross-modality initialisation of a first conv for ``in_channels`` inputs: average the
     pretrained filters ``[O, C, kh, kw]`` over their C input channels and replicate the mean
-    ``in_channels`` times, giving ``[O, in_channels, kh, kw]``. As in TSN (Wang et al., ECCV 2016,
+    ``in_channels`` times, giving ``[O, in_channels, kh, kw]`` (or ``[O, in_channels, kt, kh, kw]`` for
+    a 3D conv). As in TSN (Wang et al., ECCV 2016,
     Sec. 3.2, "cross modality pre-training"), Feichtenhofer et al.'s code, and CMA (Chi et al.,
     Sec. 4.1, "Implementation": "replicating the means of the pre-trained weights across channels")."""
-    if weight.dim() != 4 or in_channels < 1:
-        raise ValueError(f"need conv weights [O, C, kh, kw] and in_channels >= 1, "
+    if weight.dim() not in (4, 5) or in_channels < 1:
+        raise ValueError(f"need conv weights [O, C, kh, kw] or [O, C, kt, kh, kw] and in_channels >= 1, "
                          f"got {tuple(weight.shape)} and {in_channels}")
-    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, *[1] * (weight.dim() - 2))
 
 
-def _with_in_channels(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d:
+def _with_in_channels(conv: nn.Conv2d | nn.Conv3d, in_channels: int, pretrained: bool) -> nn.Conv2d | nn.Conv3d:
     """``conv`` itself if it takes ``in_channels``; else a copy that does, its weights cross-modality
     initialised from ``conv``'s when pretrained, else drawn as torchvision draws them."""
     if conv.in_channels == in_channels:
         return conv
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    new = type(conv)(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     bias=conv.bias is not None)
     with torch.no_grad():
         if pretrained:
@@ -189,7 +199,7 @@ def tiny(in_channels: int = 3, pretrained: bool = False, widths: Sequence[int] =
     """
     if pretrained:
         raise ValueError("the 'tiny' backbone has no pretrained weights; build it with pretrained=False "
-                         f"(backbones with ImageNet weights: {sorted(IMAGENET_WEIGHTS)})")
+                         f"(backbones with ImageNet weights: {sorted(PRETRAINED_WEIGHTS)})")
     stages, previous = [], in_channels
     for width in widths:
         stages.append(nn.Sequential(_conv_bn_relu(previous, width, 2), _conv_bn_relu(width, width, 1)))
@@ -203,7 +213,7 @@ def _resnet(arch: str, in_channels: int, pretrained: bool) -> StagedBackbone:
     paper's res2..res5; CMA's res_3 and res_4 are stage2 and stage3). Each stage is torchvision's
     ``nn.Sequential`` of BasicBlock / Bottleneck modules, so ``stages["stage2"][i]`` is residual
     block i and blocks can be inserted after chosen residual blocks."""
-    state = _imagenet_state_dict(arch) if pretrained else None
+    state = _pretrained_state_dict(arch) if pretrained else None
     net = getattr(torchvision.models, arch)(weights=None)
     if state is not None:
         net.load_state_dict(state)
@@ -242,7 +252,7 @@ def vgg16(in_channels: int = 3, pretrained: bool = False) -> StagedBackbone:
       point, Sec. 3.5). pool5 is left to the head.
 
     Layers are named as in the paper (``stages["stage4"].conv5_3``)."""
-    state = _imagenet_state_dict("vgg16") if pretrained else None
+    state = _pretrained_state_dict("vgg16") if pretrained else None
     stages, channels = [], 3
     for b, (width, convs) in enumerate(_VGG16_BLOCKS, 1):
         layers = [(f"pool{b - 1}", nn.MaxPool2d(2, 2))] if b > 1 else []
@@ -259,3 +269,33 @@ def vgg16(in_channels: int = 3, pretrained: bool = False) -> StagedBackbone:
                                   if k.startswith("features.")})
     stages[0].conv1_1 = _with_in_channels(stages[0].conv1_1, in_channels, pretrained)
     return StagedBackbone(stages, [w for w, _ in _VGG16_BLOCKS], [1, 2, 4, 8, 16], in_channels)
+
+
+# --- 3D ResNets for 3D-CMA (Chi et al. §5.6), from torchvision's video models -------------------
+def _video_resnet(arch: str, in_channels: int, pretrained: bool) -> StagedBackbone:
+    """stem = torchvision's stem (its first conv taking ``in_channels``); stage1..stage4 = layer1..layer4,
+    each a sequence of residual blocks, so ``"stage3.0"`` is after the first block of res4.
+
+    Chi et al. §5.6 put 3D-CMA blocks in a P3D ResNet-152 (pseudo-3D: 1x3x3 then 3x1x1 convs), which
+    torchvision does not ship; ``r2plus1d_18`` (Tran et al. 2018) factorises 3D convs the same way
+    (spatial then temporal), ``r3d_18`` is the plain 3D ResNet. Input clips ``[N, C, T, H, W]``;
+    the stem keeps T, and stages 2-4 halve T, H and W (strides below are spatial)."""
+    state = _pretrained_state_dict(arch) if pretrained else None
+    net = getattr(torchvision.models.video, arch)(weights=None)
+    if state is not None:
+        net.load_state_dict(state)
+    net.stem[0] = _with_in_channels(net.stem[0], in_channels, pretrained)
+    return StagedBackbone([net.stem, net.layer1, net.layer2, net.layer3, net.layer4], [64, 64, 128, 256, 512],
+                          [2, 2, 4, 8, 16], in_channels, dims=3)
+
+
+@register_backbone("r3d_18")
+def r3d_18(in_channels: int = 3, pretrained: bool = False) -> StagedBackbone:
+    """3D ResNet-18 (Tran et al., CVPR 2018; torchvision ``r3d_18``), see :func:`_video_resnet`."""
+    return _video_resnet("r3d_18", in_channels, pretrained)
+
+
+@register_backbone("r2plus1d_18")
+def r2plus1d_18(in_channels: int = 3, pretrained: bool = False) -> StagedBackbone:
+    """(2+1)D ResNet-18 (Tran et al., CVPR 2018; torchvision ``r2plus1d_18``), see :func:`_video_resnet`."""
+    return _video_resnet("r2plus1d_18", in_channels, pretrained)

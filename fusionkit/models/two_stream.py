@@ -6,6 +6,10 @@ samples T snippets per video and averages the snippets' scores (segmental consen
 snippets are folded into the batch (``[B*T, C, H, W]``) while the towers run, and unfolded for the
 consensus; fusion blocks see per-snippet feature maps.
 
+With a 3D backbone (``r3d_18``, ``r2plus1d_18``) the towers see each video's T snippets as one clip
+instead: ``[B, 3, T, H, W]`` frames and ``[B, 2L, T, H, W]`` flow stacks, fusion blocks get 3D maps
+(Chi et al. §5.6, "the input of CMA blocks are all 3D") and the classifiers pool over (T, H, W).
+
 Where fusion blocks go: a dict from a position to a block. ``"stage3"`` means after stage3 of
 both towers; ``"stage3.1"`` means after the second child (e.g. residual block) of stage3.
 """
@@ -121,6 +125,9 @@ class TwoStreamNet(nn.Module):
         if not keep_flow_tower and (len(fusing) != 1 or (temporal_fusion is not None and temporal_fusion.fuses_streams)):
             raise ValueError("keep_flow_tower=False truncates the motion tower after a single spatial fusion block; "
                              f"this model has {len(fusing)} fusing blocks (temporal fusion needs the motion tower)")
+        if self.rgb_tower.dims == 3 and temporal_fusion is not None:
+            raise ValueError(f"backbone {backbone!r} is 3D: its towers already see the T snippets as a clip, so "
+                             "there is no per-snippet feature map for temporal_fusion to stack; leave it out")
         self.rgb_is_fused = bool(fusing)
         self.keep_flow_tower = keep_flow_tower
         self.branch_names = branch_names
@@ -177,15 +184,21 @@ class TwoStreamNet(nn.Module):
         if flow.shape[2] != 2 * self.new_length:
             raise ValueError(f"the motion tower takes 2L = {2 * self.new_length} flow channels, got {flow.shape[2]}")
         b, t = rgb.shape[:2]
-        r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
-        if self.temporal_fusion is not None:
-            # unfold the snippets in time, [B*T, C, H, W] -> [B, C, T, H, W], fuse; classify the whole clip
-            r, f = self.temporal_fusion(*(x.unflatten(0, (b, t)).transpose(1, 2) for x in (r, f)))
-            rgb_logits, flow_logits = self.rgb_head(r), self.flow_head(f)
-        else:
+        if self.rgb_tower.dims == 3:
+            # 3D towers: the snippets form a clip, [B, T, C, H, W] -> [B, C, T, H, W]; one score per clip
+            r, f = self.features(rgb.transpose(1, 2), flow.transpose(1, 2))
+            rgb_logits = self.rgb_head(r)
+            flow_logits = self.flow_head(f) if f is not None else None
+        elif self.temporal_fusion is None:
             # segmental consensus: average the snippets' class scores (TSN, Eq. 1 with g = mean)
+            r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
             rgb_logits = self.rgb_head(r).view(b, t, -1).mean(1)
             flow_logits = self.flow_head(f).view(b, t, -1).mean(1) if f is not None else None
+        else:
+            # unfold the snippets in time, [B*T, C, H, W] -> [B, C, T, H, W], fuse; classify the whole clip
+            r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
+            r, f = self.temporal_fusion(*(x.unflatten(0, (b, t)).transpose(1, 2) for x in (r, f)))
+            rgb_logits, flow_logits = self.rgb_head(r), self.flow_head(f)
         rgb_name, flow_name, fused = self.output_names()
         if flow_logits is None:
             return TwoStreamOutput({rgb_name: rgb_logits}, fused=rgb_name, heads=[rgb_name])
@@ -229,6 +242,31 @@ class TwoStreamNet(nn.Module):
             module.requires_grad_(False)
         self.train(self.training)
         return sorted(set(frozen_names))
+
+    # -- training one branch at a time (Chi et al. §4.3) -----------------------------------------
+    def branch_modules(self, branch: str) -> list[nn.Module]:
+        """The modules of the ``"rgb"`` or ``"flow"`` branch: its tower, its classifier and the
+        parts of the fusion blocks that write into it (:meth:`FusionBlock.branch_modules`)."""
+        tower, head = (self.rgb_tower, self.rgb_head) if branch == "rgb" else (self.flow_tower, self.flow_head)
+        modules = [tower] + ([head] if head is not None else [])
+        for block in [*self.fusion_blocks.values(), self.temporal_fusion]:
+            if block is not None:
+                modules += block.branch_modules(branch)
+        return modules
+
+    def train_branch(self, branch: str) -> None:
+        """Make only ``branch`` trainable: the other branch's parameters get ``requires_grad=False``
+        and its modules stay in eval mode, so its BatchNorm statistics are fixed too ("we freeze all
+        the layers in the Flow branch, including CMA blocks of the Flow branch", §4.3). Replaces any
+        earlier freezing."""
+        if branch not in ("rgb", "flow"):
+            raise ValueError(f"branch must be 'rgb' or 'flow', got {branch!r}")
+        other = "flow" if branch == "rgb" else "rgb"
+        self.requires_grad_(True)
+        self.frozen = self.branch_modules(other)
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> "TwoStreamNet":
         super().train(mode)
@@ -323,20 +361,33 @@ def cma_positions(backbone: StagedBackbone) -> list[str]:
 
 
 @register_model("cma")
-def cma(num_classes: int, positions: Sequence[str] | None = None, block: str = "cma", rgb_weight: float = 5 / 6,
-        block_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
+def cma(num_classes: int, positions: Sequence[str] | None = None, block: str | Sequence[str] = "cma",
+        rgb_weight: float = 5 / 6, block_kwargs: dict | Sequence[dict] | None = None, **kwargs) -> TwoStreamNet:
     """Cross-modality attention network (Chi et al. 2019): ``block`` (``cma``, or ``nonlocal`` for the
     same-modality case) after each of ``positions`` (default :func:`cma_positions`, the paper's
-    preset). Outputs ``cma-R``, ``cma-F`` and ``cma-S`` = w p_R + (1 - w) p_F, with the paper's 5:1
-    weighting for a model whose RGB branch was trained last (``rgb_weight``)."""
-    from fusionkit.fusion import build_fusion
+    preset). Outputs ``<block>-R``, ``-F`` and ``-S`` = w p_R + (1 - w) p_F, with the paper's 5:1
+    weighting for a model whose RGB branch was trained last (``rgb_weight``).
+
+    A sequence of blocks is applied in turn at each position (a :class:`FusionChain`), with one
+    ``block_kwargs`` dict per block: Table 4's "CMA + non-local" is ``block=("nonlocal", "cma")``,
+    ``block_kwargs=({"directions": "rgb"}, {})`` (non-local blocks in the RGB branch only, each
+    followed by a CMA block). The outputs are then named after the last block."""
+    from fusionkit.fusion import FusionChain, build_fusion
 
     probe = _probe_backbone(kwargs)
     positions = list(positions) if positions is not None else cma_positions(probe)
-    blocks = {p: build_fusion(block, rgb_channels=_channels_at(probe, p), flow_channels=_channels_at(probe, p),
-                              **(block_kwargs or {})) for p in positions}
-    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, fused_name=block,
-                        rgb_weight=rgb_weight, branch_names=True, **kwargs)
+    names = [block] if isinstance(block, str) else list(block)
+    options = [block_kwargs or {}] if isinstance(block_kwargs, dict) or block_kwargs is None else list(block_kwargs)
+    if len(options) != len(names):
+        raise ValueError(f"cma: {len(names)} block names {names} but {len(options)} block_kwargs; give one dict per block")
+
+    def build(position: str):
+        c = _channels_at(probe, position)
+        chain = [build_fusion(n, rgb_channels=c, flow_channels=c, **o) for n, o in zip(names, options)]
+        return chain[0] if len(chain) == 1 else FusionChain(chain)
+
+    return TwoStreamNet(num_classes, fusion_blocks={p: build(p) for p in positions}, keep_flow_tower=True,
+                        fused_name=names[-1], rgb_weight=rgb_weight, branch_names=True, **kwargs)
 
 
 def rgb_prediction_parameters(model: TwoStreamNet) -> int:
@@ -361,9 +412,9 @@ def rgb_prediction_parameters(model: TwoStreamNet) -> int:
     total = count(model.rgb_tower) + count(model.rgb_head)
     for position in positions:
         block = model.fusion_blocks[position.replace(".", ":")]
-        total += count(getattr(block, "rgb_attention", None))
+        total += sum(count(m) for m in block.branch_modules("rgb"))
         if position != positions[-1]:
-            total += count(getattr(block, "flow_attention", None))
+            total += sum(count(m) for m in block.branch_modules("flow"))
     for name in model.flow_tower.stage_names[:last_stage]:
         total += count(model.flow_tower.stages[name])
     stage = model.flow_tower.stages[model.flow_tower.stage_names[last_stage]]

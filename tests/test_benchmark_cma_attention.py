@@ -1,0 +1,75 @@
+"""benchmarks/cma_attention.py: its naive explicit-softmax attention (and its contiguous-SDPA variant)
+equal the CMA unit's own SDPA ``attend`` on tiny 2D and 3D maps, outputs and gradients. No timing."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusionkit.fusion.cma import CrossModalityAttention
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cma_attention.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_cma_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script()
+
+# (target shape, source shape): 2D, 3D, odd sizes (floor pooling), and cross-modality with
+# different channels and grids
+CASES = {
+    "2d": ((2, 6, 6, 8), (2, 6, 6, 8)),
+    "3d": ((2, 6, 3, 4, 6), (2, 6, 3, 4, 6)),
+    "2d_odd_cross": ((2, 6, 7, 5), (2, 4, 5, 9)),
+    "3d_odd_cross": ((1, 6, 2, 5, 7), (1, 4, 3, 6, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("impl", ["naive", "sdpa_contiguous"])
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_matches_module_sdpa(case, impl, scale):
+    target_shape, source_shape = CASES[case]
+    torch.manual_seed(0)
+    unit = CrossModalityAttention(target_shape[1], source_shape[1], scale=scale).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(target_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(source_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(target_shape[0], unit.inner_channels, *target_shape[2:], generator=g, dtype=torch.float64)
+
+    expected = unit.attend(x, y)
+    expected_grads = torch.autograd.grad(expected, (x, y, unit.theta.weight, unit.phi.weight), seed)
+    got = bench.FUNCTIONS[impl](unit, x, y)
+    got_grads = torch.autograd.grad(got, (x, y, unit.theta.weight, unit.phi.weight), seed)
+
+    assert got.shape == expected.shape == (target_shape[0], unit.inner_channels, *target_shape[2:])
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_naive_is_the_explicit_softmax():
+    """The naive path really is softmax(q k^T * scale) v: a one-key source gives v at every query."""
+    torch.manual_seed(0)
+    unit = CrossModalityAttention(4, pool=False).double()
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    y = torch.randn(1, 4, 1, 1, dtype=torch.float64)
+    out = bench.naive_attend(unit, x, y)
+    v = unit.g(y).reshape(1, unit.inner_channels, 1, 1)
+    torch.testing.assert_close(out, v.expand_as(out))
+
+
+def test_config_shapes():
+    spec2d = bench.config_shapes("res3_2d", batch=8, frames=8)
+    assert spec2d["target_shape"] == [8, 512, 28, 28]
+    assert (spec2d["query_positions"], spec2d["key_positions"], spec2d["inner_channels"]) == (784, 196, 256)
+    spec3d = bench.config_shapes("res3_3d", batch=2, frames=8)
+    assert spec3d["target_shape"] == [2, 512, 8, 28, 28]
+    assert (spec3d["query_positions"], spec3d["key_positions"]) == (8 * 28 * 28, 8 * 14 * 14)
