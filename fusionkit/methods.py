@@ -110,7 +110,7 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
     kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
     if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
-        kwargs["rgb_weight"] = ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations)[-1]]
+        kwargs["rgb_weight"] = ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations, config.first_branch)[-1]]
     model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
     if m.pretrain is not None:
         if init_from is None:

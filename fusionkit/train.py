@@ -59,7 +59,8 @@ class TrainConfig:
     lr_step: int = 0  # epochs between x0.1 drops for "step" (0: a third of the run)
     warmup_epochs: int = 0
     schedule: str = "separate"
-    iterations: int = 1  # "alternate": branch-by-branch iterations of `epochs` epochs each (RGB first)
+    iterations: int = 1  # "alternate": branch-by-branch iterations of `epochs` epochs each
+    first_branch: str = "rgb"  # "alternate": the branch of the first iteration ("flow" continues a trained iter 1)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA if present (bf16 autocast, channels_last), else CPU
     num_workers: int = 0
@@ -119,11 +120,15 @@ SCHEDULES: dict[str, Objective | None] = {"separate": heads_objective, "joint": 
 ALTERNATE_RGB_WEIGHT = {"rgb": 5 / 6, "flow": 1 / 6}
 
 
-def alternate_branches(iterations: int) -> list[str]:
-    """The branch each ``alternate`` iteration trains: RGB in iter 1, 3, 5, ..., flow in 2, 4, ... (§4.3)."""
+def alternate_branches(iterations: int, first: str = "rgb") -> list[str]:
+    """The branch each ``alternate`` iteration trains: RGB in iter 1, 3, 5, ..., flow in 2, 4, ... (§4.3);
+    ``first="flow"`` starts from the flow branch (to go on from a model trained for iteration 1)."""
     if iterations < 1:
         raise ValueError(f"the alternate schedule needs iterations >= 1, got {iterations}")
-    return [("rgb", "flow")[i % 2] for i in range(iterations)]
+    if first not in ("rgb", "flow"):
+        raise ValueError(f"the first branch must be 'rgb' or 'flow', got {first!r}")
+    order = ("rgb", "flow") if first == "rgb" else ("flow", "rgb")
+    return [order[i % 2] for i in range(iterations)]
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -184,7 +189,8 @@ class Trainer:
             raise ValueError(f"unknown schedule {config.schedule!r}; available: {sorted(SCHEDULES)}")
         self.model, self.train_set, self.val_set, self.config = model, train_set, val_set, config
         # a phase is `epochs` epochs with one optimizer: one for most schedules, one per iteration for "alternate"
-        self.branches = alternate_branches(config.iterations) if config.schedule == "alternate" else None
+        self.branches = (alternate_branches(config.iterations, config.first_branch)
+                         if config.schedule == "alternate" else None)
         if self.branches is not None and not hasattr(model, "train_branch"):
             raise TypeError(f"the alternate schedule trains one branch at a time, which needs a model with "
                             f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")

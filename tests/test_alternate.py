@@ -23,6 +23,9 @@ def _snapshot(modules):
 
 def test_branches_alternate_rgb_first():
     assert alternate_branches(4) == ["rgb", "flow", "rgb", "flow"]
+    assert alternate_branches(2, first="flow") == ["flow", "rgb"]
+    with pytest.raises(ValueError, match="'rgb' or 'flow'"):
+        alternate_branches(2, first="audio")
     with pytest.raises(ValueError, match="iterations >= 1"):
         alternate_branches(0)
 

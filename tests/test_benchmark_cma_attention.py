@@ -1,5 +1,6 @@
 """benchmarks/cma_attention.py: its naive explicit-softmax attention (and its contiguous-SDPA variant)
-equal the CMA unit's own SDPA ``attend`` on tiny 2D and 3D maps, outputs and gradients. No timing."""
+equal the CMA unit's own SDPA ``attend`` on tiny 2D and 3D maps (also with the optional positional
+terms), outputs and gradients. No timing."""
 from __future__ import annotations
 
 import importlib.util
@@ -34,11 +35,15 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("impl", ["naive", "sdpa_contiguous"])
-@pytest.mark.parametrize("scale", [None, 1.0])
-def test_matches_module_sdpa(case, impl, scale):
+@pytest.mark.parametrize("scale, position_frequencies", [(None, 0), (1.0, 0), (None, 2)])
+def test_matches_module_sdpa(case, impl, scale, position_frequencies):
     target_shape, source_shape = CASES[case]
     torch.manual_seed(0)
-    unit = CrossModalityAttention(target_shape[1], source_shape[1], scale=scale).double()
+    unit = CrossModalityAttention(target_shape[1], source_shape[1], scale=scale,
+                                  position_frequencies=position_frequencies).double()
+    if position_frequencies:  # phi starts at zero with positional terms: give the content keys weight
+        with torch.no_grad():
+            unit.phi.weight.normal_()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(target_shape, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(source_shape, generator=g, dtype=torch.float64, requires_grad=True)

@@ -318,14 +318,12 @@ def test_positional_terms_match_reference_and_keep_identity_at_init(dims):
 
 
 def test_positional_init_makes_each_query_look_at_its_own_cell_first():
-    """With the content terms zeroed, the initial positional logits peak at the key cell that
-    contains the query (the locality prior of the initialisation)."""
+    """At init the content keys are zero, so whatever the source holds, a query without content
+    (a zero target: theta's bias is zero) gets only positional logits, which peak at the key cell
+    that contains it (the locality prior of the initialisation)."""
     unit = CrossModalityAttention(8, inner_channels=16, position_frequencies=3, keep_attention=True).double()
-    with torch.no_grad():
-        unit.theta.weight.zero_()
-        unit.phi.weight.zero_()
-    x = torch.randn(1, 8, 8, 8, dtype=torch.float64)
-    unit(x, x)
+    assert not unit.phi.weight.any() and unit.theta.weight.any()
+    unit(torch.zeros(1, 8, 8, 8, dtype=torch.float64), 10 * torch.randn(1, 8, 8, 8, dtype=torch.float64))
     best = unit.last_attention[0].argmax(-1)  # [64] key index per query
     for i in range(64):
         (y, xq), (ky, kx) = divmod(i, 8), divmod(int(best[i]), 4)

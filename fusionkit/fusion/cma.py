@@ -43,14 +43,18 @@ Decisions where the paper leaves room (see :class:`CrossModalityAttention` for t
 One option that is *not* in the paper, off by default: ``position_frequencies``. Attention
 compares contents only: q_i . k_j does not depend on where i and j are, so a query cannot prefer
 the key at its own location unless the features carry their position. ResNet-50 features at
-224x224 do (zero padding and receptive fields larger than the image leak absolute position), a
-small CNN's early maps hardly do, and then CMA cannot tell *which* of two sprites moves
-(notebook 06, ``registration``). With ``position_frequencies = F > 0`` the queries and keys get
-a learned linear map of 2D Fourier features of their cell centres (sin and cos of
-``2 pi 2^f u`` for f < F, u = x and y in [0, 1] of the frame, 4F channels) added to them, as
-transformers add positional encodings (Vaswani et al. 2017, §3.5): p_i . p_j = sum cos(w (u_i - u_j)),
-so q . k can peak where query and key coincide. Values are unchanged, and the block is still the
-identity at init.
+224x224 do (zero padding and receptive fields larger than the image leak absolute position); a
+small CNN's early maps hardly do. On ``registration`` (two same-shaped sprites, one moves) the
+paper's CMA then learns what Fig. 5 shows, every query attending to the moving sprite, which
+tells each RGB position the direction but not *whose* motion it is (notebook 06 measures it).
+With ``position_frequencies = F > 0`` the queries and keys get a learned linear map of 2D Fourier
+features of their cell centres added to them (sin and cos of ``2 pi 2^f u`` for f < F, u = x and
+y in [0, 1] of the frame, 4F channels), as transformers add positional encodings (Vaswani et al.
+2017, §3.5): p_i . p_j = sum cos(w (u_i - u_j)), so q . k can peak where query and key coincide.
+Initialisation of the option: the positional maps start as a locality prior (:data:`LOCALITY_PEAK`)
+and the content key conv phi at zero, so attention starts local and learns content on top (with
+He-initialised content logits, tens of units on trained features, it collapsed onto the moving
+sprite). Values are unchanged, and the block is still the identity at init.
 """
 from __future__ import annotations
 
@@ -65,6 +69,11 @@ from fusionkit.fusion.base import FusionBlock, register_fusion
 __all__ = ["CrossModalityAttention", "CMABlock", "NonLocalBlock"]
 
 DIRECTIONS = ("both", "rgb", "flow")
+# Initial positional logit of a query's own cell above the mean (position_frequencies > 0 only).
+# Measured on `registration` (tiny towers, notebook 06's setting, seed 0): with a peak of 4 the content
+# terms took over and every query attended to the moving sprite (own-cell mass 0.07, test 0.58); with
+# 10 the queries stayed local enough to register (own-cell mass 0.28, test 1.00); 20 also gave 1.00.
+LOCALITY_PEAK = 10.0
 
 
 class _BatchNormND(nn.modules.batchnorm._BatchNorm):
@@ -193,12 +202,16 @@ class CrossModalityAttention(nn.Module):
         if self.position_frequencies:
             # a locality prior: theta_position = phi_position = s * A with orthonormal columns A (when
             # d_k >= 4F), so the positional logit is s^2 * p_i . p_j * scale = s^2 * scale * sum_f cos(w_f du),
-            # peaking at the query's own cell; s puts that peak ~4 above the mean logit
+            # peaking at the query's own cell, LOCALITY_PEAK above the mean logit
             weight = torch.empty(self.inner_channels, 4 * self.position_frequencies)
             nn.init.orthogonal_(weight)
-            s = math.sqrt(4.0 / (2 * self.position_frequencies * self.effective_scale))
+            s = math.sqrt(LOCALITY_PEAK / (2 * self.position_frequencies * self.effective_scale))
             for conv in (self.theta_position, self.phi_position):
                 conv.weight.copy_(s * weight.reshape(conv.weight.shape))
+            # content keys start at zero: He-initialised q . k on trained features is tens of units and would
+            # drown the prior (measured: attention collapsed onto one salient key); phi learns from here
+            # (its gradient is not zero while theta is not), so content is added to locality, not the reverse
+            nn.init.zeros_(self.phi.weight)
         self.bn.reset_running_stats()
         nn.init.zeros_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
@@ -214,17 +227,19 @@ class CrossModalityAttention(nn.Module):
         if self.position_frequencies:
             q = q + self._position_term(q, self.theta_position)
             k = k + self._position_term(k, self.phi_position)
-        # [N, d, *pos] -> [N, 1 head, L, d]
-        q_seq = q.flatten(2).transpose(1, 2).unsqueeze(1)
-        k_seq = k.flatten(2).transpose(1, 2).unsqueeze(1)
-        v_seq = v.flatten(2).transpose(1, 2).unsqueeze(1)
+        # [N, d, *pos] -> [N, 1 head, L, d], contiguous: PyTorch's fused SDPA kernels need the last dim at
+        # stride 1 and silently fall back to the unfused math kernel otherwise (benchmarks/cma_attention.py)
+        q_seq, k_seq, v_seq = (t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))
         out = F.scaled_dot_product_attention(q_seq, k_seq, v_seq, scale=self.effective_scale)
         if self.keep_attention:
-            with torch.no_grad():
-                logits = q_seq.squeeze(1) @ k_seq.squeeze(1).transpose(1, 2) * self.effective_scale
-                self.last_attention = torch.softmax(logits, dim=-1).detach()
+            with torch.no_grad():  # at least float32 even under autocast, so the kept rows sum to 1
+                dtype = torch.promote_types(q_seq.dtype, torch.float32)
+                logits = q_seq.squeeze(1).to(dtype) @ k_seq.squeeze(1).to(dtype).transpose(1, 2) * self.effective_scale
+                self.last_attention = torch.softmax(logits, dim=-1)
             self.last_query_shape = tuple(target.shape[2:])
             self.last_key_shape = tuple(pooled.shape[2:])
+        else:  # never leave an earlier batch's matrix behind to be mistaken for this one's
+            self.last_attention = self.last_query_shape = self.last_key_shape = None
         # [N, 1, L_q, d] -> [N, d, *target positions]
         return out.squeeze(1).transpose(1, 2).reshape(n, self.inner_channels, *target.shape[2:])
 
