@@ -6,20 +6,20 @@ step of a CMA unit: q = theta(x), k = phi(pool(y)), v = g(pool(y)) (1x1 convs, k
 max-pooled 2x2 with stride 2, 1x2x2 on 3D maps), then
 :func:`torch.nn.functional.scaled_dot_product_attention` on ``[N, 1, L, d_k]`` tensors.
 :func:`naive_attend` is the same step with the *same* unit's convs and weights, but the textbook
-``softmax(q @ k^T * scale) @ v``, which materialises the ``N x L_q x L_k`` attention matrix. They
-(and the variant below) are timed (median of ``--repeats`` runs after ``--warmup`` runs, the implementations
-interleaved so that background load hits both alike) in forward (under ``torch.no_grad``) and,
-unless ``--no-backward``, forward+backward (gradients w.r.t. the input map and the unit's
-weights), and their peak memory above a baseline is measured for the same two modes. Before
-timing, each configuration checks once that the implementations agree (outputs and input
-gradients, :func:`torch.testing.assert_close`), so the benchmark also verifies correctness.
+``softmax(q @ k^T * scale) @ v``, which materialises the ``N x L_q x L_k`` attention matrix. Both
+are timed (median of ``--repeats`` runs after ``--warmup`` runs, the two interleaved so that
+background load hits both alike) in forward (under ``torch.no_grad``) and, unless
+``--no-backward``, forward+backward (gradients w.r.t. the input map and the unit's weights), and
+their peak memory above a baseline is measured for the same two modes. Before timing, each
+configuration checks once that the implementations agree (outputs and input gradients,
+:func:`torch.testing.assert_close`), so the benchmark also verifies correctness.
 
-A third variant, :func:`sdpa_contiguous_attend`, is the module's path with ``.contiguous()`` q, k, v.
-The module hands SDPA ``q.flatten(2).transpose(1, 2)`` views, whose last dimension has stride L, not
-1, and every fused SDPA kernel (flash, memory-efficient, cuDNN, and the CPU flash kernel) requires
-stride 1 there: PyTorch then silently falls back to its ``math`` kernel, which builds the L_q x L_k
-matrix like the naive code. The variant shows what the fused kernel gives; the JSON records the
-backend each SDPA variant actually used (``sdpa_backend``), so a fix in the module shows up there.
+The module makes q, k, v contiguous before SDPA because the fused SDPA kernels (flash,
+memory-efficient, cuDNN, and the CPU flash kernel) require a stride-1 last dimension, which this
+benchmark found when the module's transposed views silently sent every call to PyTorch's unfused
+``math`` kernel (which builds the L_q x L_k matrix like the naive code). The JSON records the
+kernel the module's SDPA call actually used (``sdpa_backend``), so a regression to the ``math``
+fallback shows up there.
 
 Why. The CMA block was asked to use SDPA so that PyTorch can pick a fused, memory-efficient
 kernel instead of building the L_q x L_k matrix, with a benchmark comparing it to an explicit
@@ -82,13 +82,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fusionkit.data.atomic import atomic_write_text
-from fusionkit.fusion.cma import CrossModalityAttention, _conv1x1, _pool_space
+from fusionkit.fusion.base import conv1x1
+from fusionkit.fusion.cma import CrossModalityAttention, _pool_space
 
 RESULTS = Path(__file__).parent / "results" / "cma_attention.json"
-IMPLEMENTATIONS = ("sdpa", "sdpa_contiguous", "naive")
+IMPLEMENTATIONS = ("sdpa", "naive")
 MODES = ("forward", "forward_backward")
 CHANNELS = 512  # ResNet-50 res3
 SIZE = 28       # res3 at 224x224 input (stride 8)
@@ -97,7 +97,7 @@ DEFAULT_BATCH = {"cpu": {"res3_2d": 8, "res3_3d": 2}, "cuda": {"res3_2d": 64, "r
 QUICK_BATCH = {"cpu": {"res3_2d": 2, "res3_3d": 1}, "cuda": {"res3_2d": 16, "res3_3d": 2}}
 QUICK_FRAMES = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# assert_close tolerances of each variant vs the module's SDPA (all in the working dtype): rtol, and
+# assert_close tolerances of the naive path vs the module's SDPA (all in the working dtype): rtol, and
 # atol as a fraction of the reference's largest magnitude (near-zero entries of a tensor whose
 # entries reach ~20 differ by a few ulps *of 20* in bf16). float32 sums over a few thousand keys
 # differ in the last bits; bf16/fp16 round the attention matrix and the gradients themselves.
@@ -112,10 +112,10 @@ MIB = 2 ** 20
 def unit_qkv(unit: CrossModalityAttention, target: torch.Tensor, source: torch.Tensor):
     """q, k, v ``[N, d_k, *positions]`` exactly as ``unit.attend`` computes them: the unit's own
     conv_q / conv_k / conv_v, spatial pooling and (if the unit has them) positional terms."""
-    q = _conv1x1(target, unit.theta)
+    q = conv1x1(target, unit.theta)
     pooled = _pool_space(source) if unit.pool else source
-    k = _conv1x1(pooled, unit.phi)
-    v = _conv1x1(pooled, unit.g)
+    k = conv1x1(pooled, unit.phi)
+    v = conv1x1(pooled, unit.g)
     if getattr(unit, "position_frequencies", 0):
         q = q + unit._position_term(q, unit.theta_position)
         k = k + unit._position_term(k, unit.phi_position)
@@ -141,17 +141,7 @@ def sdpa_attend(unit: CrossModalityAttention, target: torch.Tensor, source: torc
     return unit.attend(target, source)
 
 
-def sdpa_contiguous_attend(unit: CrossModalityAttention, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """``unit.attend`` with contiguous ``[N, 1, L, d]`` q, k, v (last-dimension stride 1), which the
-    fused SDPA kernels require; otherwise the same step, weights and scale."""
-    n = target.shape[0]
-    q, k, v = unit_qkv(unit, target, source)
-    q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, scale=unit.effective_scale)
-    return out.squeeze(1).transpose(1, 2).reshape(n, unit.inner_channels, *target.shape[2:])
-
-
-FUNCTIONS = {"sdpa": sdpa_attend, "sdpa_contiguous": sdpa_contiguous_attend, "naive": naive_attend}
+FUNCTIONS = {"sdpa": sdpa_attend, "naive": naive_attend}
 
 
 # ---- set-up -------------------------------------------------------------------------------------
@@ -257,7 +247,6 @@ def time_modes(unit, x, seed, device, modes, repeats: int, warmup: int) -> dict:
                     times[impl].append(1e3 * (time.perf_counter() - start))
         row = {f"{impl}_ms": statistics.median(times[impl]) for impl in IMPLEMENTATIONS}
         row["naive_over_sdpa"] = row["naive_ms"] / row["sdpa_ms"]
-        row["naive_over_sdpa_contiguous"] = row["naive_ms"] / row["sdpa_contiguous_ms"]
         row.update({f"{impl}_all_ms": [round(t, 3) for t in times[impl]] for impl in IMPLEMENTATIONS})
         out[mode] = row
     return out
@@ -403,8 +392,7 @@ def main(argv=None) -> None:
         print(f"{name}: map {spec['target_shape']}, {lq} queries x {lk} keys, d_k {spec['inner_channels']} ...", flush=True)
         unit, x, seed = build(spec, device, dtype, grad=True)
         row["check"] = check_agreement(unit, x, seed, dtype, args.backward)
-        row["sdpa_backend"] = {impl: sdpa_backend(FUNCTIONS[impl], unit, x, args.backward)
-                               for impl in ("sdpa", "sdpa_contiguous")}
+        row["sdpa_backend"] = sdpa_backend(sdpa_attend, unit, x, args.backward)
         row.update(time_modes(unit, x, seed, device, modes, repeats, warmup))
         del unit, x, seed
         gc.collect()
@@ -419,8 +407,7 @@ def main(argv=None) -> None:
                         r = cpu_peak_memory({"spec": spec, "impl": impl, "mode": mode, "dtype": args.dtype})
                     m[f"{impl}_mib"] = r["peak_mib"]
                     m["method"] = r["method"]
-                for ref in ("sdpa", "sdpa_contiguous"):
-                    m[f"naive_over_{ref}"] = m["naive_mib"] / m[f"{ref}_mib"] if m[f"{ref}_mib"] > 0 else float("nan")
+                m["naive_over_sdpa"] = m["naive_mib"] / m["sdpa_mib"] if m["sdpa_mib"] > 0 else float("nan")
                 memory[mode] = m
             row["peak_memory"] = memory
         results["configs"][name] = row
@@ -433,21 +420,20 @@ def main(argv=None) -> None:
             + "; ".join(sorted({m["method"] for c in results["configs"].values() for m in c["peak_memory"].values()})))
     atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
 
-    short = {"sdpa": "SDPA", "sdpa_contiguous": "SDPA-contig", "naive": "naive"}
+    short = {"sdpa": "SDPA", "naive": "naive"}
     header = f"{'config':8s} {'mode':16s} {'':4s}" + "".join(f"{short[i]:>12s}" for i in IMPLEMENTATIONS)
-    print("\n" + header + f"{'naive/SDPA':>12s}{'naive/contig':>13s}")
+    print("\n" + header + f"{'naive/SDPA':>12s}")
     for name, row in results["configs"].items():
         for mode in modes:
             tables = [("ms", row[mode])] + ([("MiB", row["peak_memory"][mode])] if args.memory else [])
             for unit_name, t in tables:
                 suffix = "ms" if unit_name == "ms" else "mib"
                 print(f"{name:8s} {mode:16s} {unit_name:4s}" + "".join(f"{t[f'{i}_{suffix}']:12.1f}" for i in IMPLEMENTATIONS)
-                      + f"{t['naive_over_sdpa']:11.2f}x{t['naive_over_sdpa_contiguous']:12.2f}x")
+                      + f"{t['naive_over_sdpa']:11.2f}x")
         check = row["check"]
         print(f"{'':8s} L_q x L_k matrix {row['attention_matrix_mib']:.1f} MiB; max |naive - SDPA| "
-              f"{check['naive_max_abs_diff_output']:.1e}, |contig - SDPA| {check['sdpa_contiguous_max_abs_diff_output']:.1e}")
-        for impl, backend in row["sdpa_backend"].items():
-            print(f"{'':8s} {short[impl]} backend: {backend}")
+              f"{check['naive_max_abs_diff_output']:.1e}")
+        print(f"{'':8s} SDPA backend: {row['sdpa_backend']}")
     print(f"\n{results['machine']['cpu_model']}, {results['machine']['cpu_count']} cores, torch "
           f"{torch.__version__} ({results['machine']['torch_threads']} threads), device {device}, {args.dtype}")
     print(f"wrote {args.output}")

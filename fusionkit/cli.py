@@ -53,7 +53,8 @@ def _train(args) -> int:
     classes = load_split(args.dataset, root, args.split).classes
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
-                         device=args.device, num_workers=args.workers, progress=not args.quiet)
+                         device=args.device, num_workers=args.workers, progress=not args.quiet,
+                         iterations=args.iterations)
     _write_dataset_info(args, root, cache, classes)
     _, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
                                      config=config, out_dir=args.out, resume=args.resume,
@@ -93,7 +94,10 @@ def _evaluate(args) -> int:
     scores = predict(model, test_set, batch_size=args.batch_size, device=args.device)
     result = {"segments": args.segments, "ten_crop": args.ten_crop,
               "metrics": {k: classification_metrics(p, scores.labels) for k, p in scores.probs.items()},
-              "fusion_weight_sweep": fusion_weight_sweep(scores)}
+              "fusion_weight_sweep": None}
+    rgb_name, flow_name, _ = model.output_names()  # the two classifiers' outputs (e.g. rgb/flow, cma-R/cma-F)
+    if rgb_name in scores.probs and flow_name in scores.probs:
+        result["fusion_weight_sweep"] = fusion_weight_sweep(scores, rgb=rgb_name, flow=flow_name)
     name = f"eval_{args.segments}seg{'_10crop' if args.ten_crop else ''}.json"
     atomic_write_text(run / name, json.dumps(result, indent=1))
     for k, m in result["metrics"].items():
@@ -145,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     # (method and backbone names are checked by the registries, which list the choices: importing
     # them here would load torch for every command)
     p.add_argument("--method", default="late", help="a registered method (fusionkit.methods.METHODS)")
-    p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny, resnet18, resnet50, vgg16, ...")
+    p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny, resnet18, resnet50, vgg16, r3d_18, r2plus1d_18, ...")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloaded once, if online)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
@@ -153,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--iterations", type=int, default=1,
+                   help="methods trained branch by branch (cma): iterations of --epochs epochs each")
     p.add_argument("--segments", type=int, default=3, help="TSN segments in training")
     p.add_argument("--test-segments", type=int, default=25)
     p.add_argument("--new-length", type=int, default=5, help="L: flow fields per snippet")

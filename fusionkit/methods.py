@@ -72,6 +72,23 @@ register_method(Method(
     description="Feichtenhofer et al. 2016's architecture (Sec. 3.4): 3D conv fusion into the appearance tower at "
                 "the last conv stage, 3D pooling in both towers, both losses, predictions averaged at test."))
 register_method(Method(
+    name="cmmp", model="cmmp", schedule="two_stage", pretrain="late",
+    description="Cross-modal message passing (Wang et al. 2018): 2-layer LSTM messages between the streams' "
+                "per-segment features, averaged into each stream (Eq. 1-2); streams pretrained with cross-entropy, "
+                "then the whole network on the adversarial objective (Eq. 4-5, Sec. 3.4)."))
+register_method(Method(
+    name="cmmp_noal", model="cmmp", schedule="finetune", pretrain="late",
+    description="CMMP without the adversarial objective (Table 1's CMMP+noAL): the same network and "
+                "pretraining, fine-tuned with each stream's cross-entropy."))
+register_method(Method(
+    name="ccs", model="ccs", schedule="ccs", train_defaults={"classes_per_batch": 4, "videos_per_class": 4},
+    description="Cooperative cross-stream network (Zhang et al. 2019): connection block after the last stage, a "
+                "shared embedding layer, cross-entropy plus the inter-modality triplet and discriminative "
+                "embedding losses (Eq. 4-6), trained end to end on balanced batches (N classes x M videos)."))
+register_method(Method(
+    name="ccs_ce", model="ccs", schedule="separate",
+    description="The CCS network trained with cross-entropy only (Table 3's baseline and CB rows)."))
+register_method(Method(
     name="cma", model="cma", schedule="alternate", pretrain="late", initialise=("flow_tower.", "flow_head."),
     description="Cross-modality attention (Chi et al. 2019): CMA blocks in both branches (every other residual "
                 "block of the two stages before the last), the flow branch trained first on its own (Sec. 4.3), "

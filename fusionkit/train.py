@@ -9,6 +9,10 @@ Schedules (DESIGN.md "Method"):
 - ``joint``: one cross-entropy on the fused output, back-propagated through everything.
 - ``finetune``: a loss per classifier, starting from separately trained streams (Feichtenhofer
   et al. §3.5); see :func:`fusionkit.methods.run_method`.
+- ``two_stage``: CMMP (Wang et al. 2018, §3.4): streams pretrained on cross-entropy (stage 1, the
+  method's ``pretrain``), then the whole network on the adversarial objective (stage 2, Eq. 4-5).
+- ``ccs``: CCS (Zhang et al. 2019, Eq. 6): ``lambda1 L_triplet + lambda2 L_embedding + CE`` end to
+  end, usually with balanced batches (``classes_per_batch`` x ``videos_per_class``, §4.1).
 - ``alternate``: Chi et al.'s iterative training (CMA, §4.3). Iteration 1 trains the RGB branch
   on its own cross-entropy (the ``-R`` output) with the whole flow branch frozen, CMA units of
   the flow branch included; iteration 2 the reverse; and so on for ``iterations`` iterations of
@@ -43,6 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fusionkit.data.atomic import atomic_write_bytes, atomic_write_text
+from fusionkit.data.sampler import BalancedBatchSampler, dataset_labels
+from fusionkit.losses import adversarial_objective, ccs_objective
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,6 +67,8 @@ class TrainConfig:
     schedule: str = "separate"
     iterations: int = 1  # "alternate": branch-by-branch iterations of `epochs` epochs each
     first_branch: str = "rgb"  # "alternate": the branch of the first iteration ("flow" continues a trained iter 1)
+    classes_per_batch: int = 0  # with videos_per_class: balanced batches of N classes x M videos (CCS §4.1)
+    videos_per_class: int = 0  # (0: plain shuffled batches of batch_size)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA if present (bf16 autocast, channels_last), else CPU
     num_workers: int = 0
@@ -114,8 +122,13 @@ def branch_objective(branch: str) -> Objective:
 # "finetune" trains like "separate" (a loss per classifier); run_method first loads the weights of
 # separately trained streams and, if asked, freezes what lies below the fusion point. "alternate"
 # switches between branch_objective("rgb") and branch_objective("flow") (see Trainer.enter_phase).
+# "two_stage" is CMMP's (§3.4): stage 1, the streams pretrained with cross-entropy (a method's
+# `pretrain`), stage 2 the whole network with the adversarial objective.
+# "ccs": CCS's Eq. 6, cross-entropy plus the ranking losses, end to end; its margins and weights
+# come from TrainConfig.extra (keyword arguments of fusionkit.losses.ccs_losses).
 SCHEDULES: dict[str, Objective | None] = {"separate": heads_objective, "joint": joint_objective,
-                                          "finetune": heads_objective, "alternate": None}
+                                          "finetune": heads_objective, "alternate": None,
+                                          "two_stage": adversarial_objective, "ccs": None}
 # Chi et al. §5.2: weights 5:1 towards the branch trained in the latest iteration
 ALTERNATE_RGB_WEIGHT = {"rgb": 5 / 6, "flow": 1 / 6}
 
@@ -194,8 +207,14 @@ class Trainer:
         if self.branches is not None and not hasattr(model, "train_branch"):
             raise TypeError(f"the alternate schedule trains one branch at a time, which needs a model with "
                             f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")
+        if objective is None and config.schedule == "ccs":
+            objective = ccs_objective(**config.extra)
         self.fixed_objective = objective
         self.objective = objective or SCHEDULES[config.schedule]
+        self.sampler = None
+        if config.classes_per_batch or config.videos_per_class:
+            self.sampler = BalancedBatchSampler(dataset_labels(train_set), config.classes_per_batch,
+                                                config.videos_per_class, seed=config.seed)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(config.device)
         self.model.to(self.device)
@@ -271,7 +290,13 @@ class Trainer:
         lr = cfg.lr * lr_factor(epoch % cfg.epochs, cfg)  # the LR schedule restarts with each phase
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loader = make_loader(self.train_set, cfg.batch_size, True, cfg.seed * 100_003 + epoch, cfg.num_workers, self.device)
+        if self.sampler is not None:  # N classes x M videos a batch
+            self.sampler.set_epoch(epoch)
+            loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                                pin_memory=self.device.type == "cuda")
+        else:
+            loader = make_loader(self.train_set, cfg.batch_size, True, cfg.seed * 100_003 + epoch, cfg.num_workers,
+                                 self.device)
         self.model.train()
         sums: dict[str, float] = {}
         correct: dict[str, int] = {}

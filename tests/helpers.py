@@ -1,4 +1,6 @@
 """Small in-memory data for model and trainer tests (no video files needed)."""
+from types import SimpleNamespace
+
 import torch
 from torch.utils.data import Dataset
 
@@ -11,6 +13,7 @@ class SyntheticTwoStream(Dataset):
                  nan_at: int | None = None):
         self.n, self.k, self.t, self.l, self.size, self.nan_at = n, num_classes, segments, new_length, size, nan_at
         self.new_length = new_length  # as TwoStreamDataset names it
+        self.records = [SimpleNamespace(label=i % num_classes) for i in range(n)]  # labels, as TwoStreamDataset keeps them
 
     def __len__(self):
         return self.n

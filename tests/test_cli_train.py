@@ -58,3 +58,26 @@ def test_unknown_method_lists_the_available_ones(motion_puzzle, motion_cache, tm
 def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path)]) == 2
     assert "not a finished training run" in capsys.readouterr().err
+
+
+def test_cma_trains_branch_by_branch_from_the_command_line(motion_puzzle, motion_cache, tmp_path):
+    """`--method cma --iterations 2`: the flow branch comes from a separately trained late model, then
+    one RGB and one flow iteration; evaluation sweeps the -R/-F weighting and the reloaded run keeps
+    the 1:5 weighting of a model whose flow branch was trained last."""
+    from fusionkit.methods import load_run
+
+    run = tmp_path / "cma"
+    args = _train_args(motion_puzzle, motion_cache, run, "--iterations", "2")
+    args[args.index("--method") + 1] = "cma"
+    args[args.index("--epochs") + 1] = "1"
+    assert cli.main(args) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [(h["iteration"], h["branch"]) for h in history] == [(1, "rgb"), (2, "flow")]
+    assert cli.main(["evaluate", str(run), "--segments", "3", "--device", "cpu"]) == 0
+    result = json.loads((run / "eval_3seg.json").read_text())
+    assert set(result["metrics"]) == {"cma-R", "cma-F", "cma-S"}
+    sweep = result["fusion_weight_sweep"]
+    assert sweep["top1"][0] == pytest.approx(result["metrics"]["cma-F"]["top1"])
+    assert sweep["top1"][-1] == pytest.approx(result["metrics"]["cma-R"]["top1"])
+    model, _ = load_run(run)
+    assert model.rgb_weight == pytest.approx(1 / 6)

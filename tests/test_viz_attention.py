@@ -267,3 +267,42 @@ def test_explorer_builds_headless_and_explorer_view_follows_the_state():
         state = ExplorerState(0, 0, "stage1.1/rgb<-flow", 1, 1)
         with pytest.raises(ValueError, match=message):
             explorer_view(source, ExplorerState(**{**state.__dict__, **bad}))
+
+
+# ---- measures used by notebook 06 --------------------------------------------------------------
+from fusionkit.viz.attention import AttentionRecord, attention_on, key_cells_on, own_cell_attention  # noqa: E402
+
+
+def _record(weights, query_shape, key_shape, source_shape=None):
+    return AttentionRecord(torch.as_tensor(weights, dtype=torch.float32), query_shape, key_shape, source_shape)
+
+
+def test_own_cell_attention_is_one_for_local_and_one_over_keys_for_uniform():
+    # 4x4 queries over 2x2 keys (a 4x4 source pooled 2x2): query (y, x) belongs to key (y // 2, x // 2)
+    local = torch.zeros(1, 16, 4)
+    for i in range(16):
+        y, x = divmod(i, 4)
+        local[0, i, (y // 2) * 2 + x // 2] = 1.0
+    assert own_cell_attention(_record(local, (4, 4), (2, 2), (4, 4))) == pytest.approx(1.0)
+    assert own_cell_attention(_record(torch.full((2, 16, 4), 0.25), (4, 4), (2, 2), (4, 4))) == pytest.approx(0.25)
+    # 3D: the own cell is at the same time step
+    local3d = torch.zeros(1, 2 * 4, 2 * 1)
+    for t in range(2):
+        local3d[0, t * 4:(t + 1) * 4, t] = 1.0
+    assert own_cell_attention(_record(local3d, (2, 2, 2), (2, 1, 1), (2, 2, 2))) == pytest.approx(1.0)
+
+
+def test_key_cells_on_a_mask_and_the_attention_they_get():
+    record = _record(torch.tensor([[[0.1, 0.2, 0.3, 0.4]]]), (1, 1), (2, 2), (4, 4))
+    mask = np.zeros((8, 8), bool)
+    mask[5, 1] = True  # bottom-left quarter of the frame
+    cells = key_cells_on(mask, record)
+    assert cells.tolist() == [[False, False], [True, False]]
+    assert attention_on(record, 0, (0, 0), cells) == pytest.approx(0.3)
+    # an odd source (5x5 -> 2x2 keys) leaves its last row/column out: a mask there is on no key
+    odd = _record(torch.full((1, 1, 4), 0.25), (1, 1), (2, 2), (5, 5))
+    edge = np.zeros((10, 10), bool)
+    edge[9, 9] = True
+    assert not key_cells_on(edge, odd).any()
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        key_cells_on(np.zeros((2, 8, 8)), record)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusionkit.registry import Registry
@@ -34,6 +35,14 @@ def register_fusion(name: str):
         return cls
 
     return wrap
+
+
+def conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 conv on a 2D map ``[N, C, H, W]``, or the same weights as a 1x1x1 conv on a 3D map
+    ``[N, C, T, H, W]``: one set of parameters serves both (attention blocks, CMA §3.2, CCS Fig. 3)."""
+    if x.dim() == 4:
+        return conv(x)
+    return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias)
 
 
 def build_fusion(name: str, **kwargs) -> "FusionBlock":

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock, register_fusion
+from fusionkit.fusion.base import FusionBlock, conv1x1, register_fusion
 
 __all__ = ["CrossModalityAttention", "CMABlock", "NonLocalBlock"]
 
@@ -83,13 +83,6 @@ class _BatchNormND(nn.modules.batchnorm._BatchNorm):
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (4, 5):
             raise ValueError(f"expected a 4D or 5D input, got shape {tuple(input.shape)}")
-
-
-def _conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """A 1x1 conv on a 2D map, or the same weights as a 1x1x1 conv on a 3D map (§3.2)."""
-    if x.dim() == 4:
-        return conv(x)
-    return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias)
 
 
 def fourier_positions(grid: tuple[int, ...], frequencies: int, device=None, dtype=None) -> torch.Tensor:
@@ -220,10 +213,10 @@ class CrossModalityAttention(nn.Module):
         """The CMA operation, Eq. 1 (= Eq. 2-4 with the embedded Gaussian f): ``[N, d_k, *target
         positions]``, i.e. z before W_out. Row i is ``sum_j softmax_j(q_i . k_j * scale) v_j``."""
         n = target.shape[0]
-        q = _conv1x1(target, self.theta)
+        q = conv1x1(target, self.theta)
         pooled = _pool_space(source) if self.pool else source
-        k = _conv1x1(pooled, self.phi)
-        v = _conv1x1(pooled, self.g)
+        k = conv1x1(pooled, self.phi)
+        v = conv1x1(pooled, self.g)
         if self.position_frequencies:
             q = q + self._position_term(q, self.theta_position)
             k = k + self._position_term(k, self.phi_position)
@@ -246,7 +239,7 @@ class CrossModalityAttention(nn.Module):
     def _position_term(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         """The learned positional term of queries or keys ``x`` ``[N, d, *grid]``, broadcast over N."""
         features = fourier_positions(tuple(x.shape[2:]), self.position_frequencies, x.device, x.dtype)
-        return _conv1x1(features.unsqueeze(0), conv)
+        return conv1x1(features.unsqueeze(0), conv)
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Eq. 5: ``out = BN(W_out z) + x`` (BN after W_out as in §3.2)."""
@@ -259,7 +252,7 @@ class CrossModalityAttention(nn.Module):
         if target.shape[0] != source.shape[0]:
             raise ValueError(f"CrossModalityAttention: batch sizes differ: target {tuple(target.shape)} vs "
                              f"source {tuple(source.shape)}")
-        return target + self.bn(_conv1x1(self.attend(target, source), self.w_out))
+        return target + self.bn(conv1x1(self.attend(target, source), self.w_out))
 
     def extra_repr(self) -> str:
         scale = "1/sqrt(d_k)" if self.scale is None else repr(self.scale)

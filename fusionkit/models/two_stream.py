@@ -76,6 +76,12 @@ def late_fusion(rgb_logits: torch.Tensor, flow_logits: torch.Tensor, rgb_weight:
     return probs.clamp_min(1e-12).log()
 
 
+def _probe_output_width(module: nn.Module, channels: int) -> int:
+    """Width D of ``module``'s output for ``[2, channels, 2, 2]`` maps (e.g. an embedding layer)."""
+    with torch.no_grad():
+        return int(module(torch.zeros(2, channels, 2, 2)).shape[-1])
+
+
 class TwoStreamNet(nn.Module):
     """Two towers of the same staged backbone run stage by stage, with fusion blocks between stages.
 
@@ -99,13 +105,17 @@ class TwoStreamNet(nn.Module):
         head_hidden: width of a per-location layer in each classifier (see :class:`ClassifierHead`).
         branch_names: name the outputs ``<method>-R``, ``-F``, ``-S`` (RGB branch, flow branch, their
             weighted sum), as Chi et al. do for networks whose branches exchange information.
+        embedding: a module mapping both towers' last maps to embeddings ``[N, D]`` (one module for
+            both: CCS's shared block, :class:`~fusionkit.fusion.ccs.SharedEmbedding`). The classifiers
+            then read the embeddings, and ``out.extras["embeddings"]`` holds each video's
+            ``{"rgb": z_f, "flow": z_o}`` (the snippets' embeddings averaged, TSN's consensus).
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", new_length: int = 5, pretrained: bool = False,
                  fusion_blocks: Mapping[str, FusionBlock] | None = None, temporal_fusion: FusionBlock | None = None,
                  keep_flow_tower: bool = True, rgb_weight: float = 0.5, fused_name: str = "late",
                  dropout: float = 0.5, head_hidden: int | None = None, branch_names: bool = False,
-                 **backbone_kwargs):
+                 embedding: nn.Module | None = None, **backbone_kwargs):
         super().__init__()
         self.num_classes, self.new_length, self.rgb_weight, self.fused_name = num_classes, new_length, rgb_weight, fused_name
         self.rgb_tower: StagedBackbone = get_backbone(backbone, in_channels=3, pretrained=pretrained, **backbone_kwargs)
@@ -136,9 +146,16 @@ class TwoStreamNet(nn.Module):
         self.temporal_fusion = temporal_fusion
         if temporal_fusion is not None:
             rgb_channels = temporal_fusion.out_channels
+        self.embedding = embedding
+        if embedding is not None:
+            if temporal_fusion is not None or not keep_flow_tower:
+                raise ValueError("a shared embedding needs both towers' last maps: keep the flow tower and leave "
+                                 "temporal_fusion out")
+            rgb_channels = flow_channels = _probe_output_width(embedding, rgb_channels)
+        else:
+            flow_channels = self.flow_tower.out_channels
         self.rgb_head = ClassifierHead(rgb_channels, num_classes, dropout, head_hidden)
-        self.flow_head = (ClassifierHead(self.flow_tower.out_channels, num_classes, dropout, head_hidden)
-                          if keep_flow_tower else None)
+        self.flow_head = ClassifierHead(flow_channels, num_classes, dropout, head_hidden) if keep_flow_tower else None
         self.frozen: list[nn.Module] = []
 
     def _check_position(self, position: str) -> None:
@@ -187,11 +204,15 @@ class TwoStreamNet(nn.Module):
         if self.rgb_tower.dims == 3:
             # 3D towers: the snippets form a clip, [B, T, C, H, W] -> [B, C, T, H, W]; one score per clip
             r, f = self.features(rgb.transpose(1, 2), flow.transpose(1, 2))
+            if self.embedding is not None:
+                r, f = self.embedding(r)[..., None, None], self.embedding(f)[..., None, None]
             rgb_logits = self.rgb_head(r)
             flow_logits = self.flow_head(f) if f is not None else None
         elif self.temporal_fusion is None:
             # segmental consensus: average the snippets' class scores (TSN, Eq. 1 with g = mean)
             r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
+            if self.embedding is not None:  # classify each snippet's embedding [B*T, D] (as a 1x1 map)
+                r, f = self.embedding(r)[..., None, None], self.embedding(f)[..., None, None]
             rgb_logits = self.rgb_head(r).view(b, t, -1).mean(1)
             flow_logits = self.flow_head(f).view(b, t, -1).mean(1) if f is not None else None
         else:
@@ -199,12 +220,15 @@ class TwoStreamNet(nn.Module):
             r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
             r, f = self.temporal_fusion(*(x.unflatten(0, (b, t)).transpose(1, 2) for x in (r, f)))
             rgb_logits, flow_logits = self.rgb_head(r), self.flow_head(f)
+        extras = {}
+        if self.embedding is not None:  # each video's embeddings: its snippets' averaged (3D towers: one clip)
+            extras["embeddings"] = {k: x.flatten(1).view(b, -1, x.shape[1]).mean(1) for k, x in (("rgb", r), ("flow", f))}
         rgb_name, flow_name, fused = self.output_names()
         if flow_logits is None:
             return TwoStreamOutput({rgb_name: rgb_logits}, fused=rgb_name, heads=[rgb_name])
         scores = {rgb_name: rgb_logits, flow_name: flow_logits,
                   fused: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
-        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, flow_name])
+        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, flow_name], extras=extras)
 
     def output_names(self) -> tuple[str, str, str]:
         """(appearance tower, motion tower, score fusion) output names: ``rgb``/``flow``/method for
@@ -346,6 +370,44 @@ def conv_fusion(num_classes: int, **kwargs) -> TwoStreamNet:
     stage into the appearance tower, 3D pooling in both towers, the motion tower kept with its own
     loss, the two towers' predictions averaged at test time."""
     return temporal(num_classes, temporal="conv3d_pool3d", fused_name="conv_fusion", **kwargs)
+
+
+@register_model("cmmp")
+def cmmp(num_classes: int, messages: str = "lstm", fusion: str = "mean", own_gradients: bool = True,
+         rgb_weight: float = 0.5, **kwargs) -> TwoStreamNet:
+    """Cross-modal message passing (Wang et al. 2018, Fig. 2): the towers' per-segment features
+    exchange LSTM messages after the last stage (:class:`~fusionkit.fusion.cmmp.MessagePassing`),
+    each stream classifies its fused sequence; outputs ``cmmp-R`` (appearance / "spatial"), ``cmmp-F``
+    (motion / "temporal") and ``cmmp-S``, their weighted average ("fusion", §3.1)."""
+    from fusionkit.fusion import build_fusion
+
+    probe = _probe_backbone(kwargs)
+    c = probe.out_channels
+    block = build_fusion("cmmp", rgb_channels=c, flow_channels=c, messages=messages, fusion=fusion,
+                         own_gradients=own_gradients)
+    kwargs.setdefault("fused_name", "cmmp")
+    return TwoStreamNet(num_classes, temporal_fusion=block, keep_flow_tower=True, rgb_weight=rgb_weight,
+                        branch_names=True, **kwargs)
+
+
+@register_model("ccs")
+def ccs(num_classes: int, connection: bool = True, embedding_dim: int = 128, connection_kwargs: dict | None = None,
+        **kwargs) -> TwoStreamNet:
+    """Cooperative cross-stream network (Zhang et al. 2019, Fig. 2): a connection block after the
+    last stage (``connection=False`` leaves it out: Table 3's "CS" and baseline rows), then the
+    shared block, one fully connected layer embedding both towers' features into D dimensions
+    (:class:`~fusionkit.fusion.ccs.SharedEmbedding`), and a classifier per stream on the embeddings.
+    Outputs ``ccs-R``, ``ccs-F``, ``ccs-S``; ``out.extras["embeddings"]`` feeds the ranking losses."""
+    from fusionkit.fusion import build_fusion
+    from fusionkit.fusion.ccs import SharedEmbedding
+
+    probe = _probe_backbone(kwargs)
+    c = probe.out_channels
+    blocks = ({probe.stage_names[-1]: build_fusion("ccs", rgb_channels=c, flow_channels=c, **(connection_kwargs or {}))}
+              if connection else {})
+    kwargs.setdefault("fused_name", "ccs")
+    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, branch_names=True,
+                        embedding=SharedEmbedding(c, embedding_dim), **kwargs)
 
 
 def cma_positions(backbone: StagedBackbone) -> list[str]:

@@ -41,7 +41,7 @@ from fusionkit.fusion.cma import CMABlock, CrossModalityAttention, NonLocalBlock
 
 __all__ = [
     "AttentionRecord", "attention_units", "record_attention", "query_attention", "image_to_grid", "grid_to_image",
-    "top_positions", "denormalize_rgb", "plot_attention_arrows", "attention_figure", "ExplorerState", "ExplorerView",
+    "top_positions", "key_cells_on", "attention_on", "own_cell_attention", "denormalize_rgb", "plot_attention_arrows", "attention_figure", "ExplorerState", "ExplorerView",
     "AttentionSource", "explorer_view", "plot_explorer_view", "attention_explorer",
 ]
 
@@ -288,6 +288,51 @@ def grid_to_image(index: Sequence[int], grid_shape: Sequence[int], image_size: t
     gx = _check_range("grid x", index[-1], wg)
     h, w = image_size
     return -0.5 + (gx + 0.5) * w / wg, -0.5 + (gy + 0.5) * h / hg
+
+
+def key_cells_on(mask: np.ndarray, record: AttentionRecord) -> np.ndarray:
+    """Which key cells look at a region: ``mask`` is a boolean ``[H, W]`` frame (e.g. the pixels of
+    a moving sprite); the result is a boolean ``[Hk, Wk]`` map of the key cells whose pixel area
+    (the 2x2 window the key pooled, :meth:`AttentionRecord.key_extent`) holds any of its pixels."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a [H, W] frame, got shape {mask.shape}")
+    hk, wk = _spatial(record.key_shape)
+    eh, ew = record.key_extent(mask.shape)
+    cells = np.zeros((hk, wk), bool)
+    for i in range(hk):
+        for j in range(wk):
+            rows = slice(int(math.floor(i * eh / hk)), int(math.ceil((i + 1) * eh / hk)))
+            cols = slice(int(math.floor(j * ew / wk)), int(math.ceil((j + 1) * ew / wk)))
+            cells[i, j] = mask[rows, cols].any()
+    return cells
+
+
+def attention_on(record: AttentionRecord, sample: int, query_yx: Sequence[int], cells: np.ndarray) -> float:
+    """The share of one query's attention that falls on the key ``cells`` (a boolean ``[Hk, Wk]``
+    map, e.g. from :func:`key_cells_on`; for 3D keys it applies at every time step)."""
+    amap = query_attention(record, sample, query_yx)
+    return float(amap[..., np.asarray(cells, bool)].sum())
+
+
+def own_cell_attention(record: AttentionRecord) -> float:
+    """How local the attention is: the mean weight a query gives to the key cell at its own place
+    (same frame position and, for 3D grids, the same time step), over all queries and samples.
+    1 = each query looks only at its own cell; ``1 / L_k`` = uniform attention."""
+    if len(record.query_shape) != len(record.key_shape):
+        raise ValueError(f"query grid {record.query_shape} and key grid {record.key_shape} differ in dimensions")
+    size = (1000, 1000)  # any frame: cell centres are compared in the same pixel frame
+    extent = record.key_extent(size)
+    hk, wk = _spatial(record.key_shape)
+    own = []
+    for index in np.ndindex(*record.query_shape):
+        x, y = grid_to_image(index, record.query_shape, size)
+        ky = min(int((y + 0.5) * hk / extent[0]), hk - 1)
+        kx = min(int((x + 0.5) * wk / extent[1]), wk - 1)
+        key = (*index[:-2], ky, kx)
+        own.append(np.ravel_multi_index(key, record.key_shape))
+    rows = torch.arange(int(np.prod(record.query_shape)))
+    return float(record.weights[:, rows, torch.tensor(own)].mean())
 
 
 def top_positions(attention_map: np.ndarray, k: int) -> list[tuple[Index, float]]:

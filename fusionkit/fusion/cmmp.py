@@ -1,0 +1,117 @@
+"""Cross-modal message passing (CMMP) of Wang, Yuan & Wang, "Cross-Modal Message Passing for
+Two-Stream Fusion" (ICASSP 2018), §3.2, as a temporal fusion block.
+
+Each tower's last feature map is pooled to one vector per segment, ``x_a, x_m`` in R^{T x D``
+(§3.2: "T is the number of sampled frames and D is the dimensional size of extracted feature").
+Two 2-layer LSTMs with separate weights turn one stream's sequence into a message for the other
+(Eq. 1), and each stream averages its features with the message it receives (Eq. 2):
+
+    m_a = lstm_2(x_a; w_a)           m_m = lstm_2(x_m; w_m)                      (Eq. 1)
+    x_a^f = fusion(x_a, m_m)         x_m^f = fusion(x_m, m_a)                    (Eq. 2)
+
+and each stream's classifier reads its fused sequence ("fed into a fully-connected layer"). The
+block hands ``x^f`` back as ``[B, D, T, 1, 1]`` maps, so :class:`~fusionkit.models.two_stream.TwoStreamNet`'s
+classifiers average it over the T segments and apply their fully-connected layer: a linear layer
+of the mean is the mean of the per-segment scores, TSN's consensus.
+
+Choices the paper leaves open, made explicit here:
+
+- Pooling to x: global average over the map (the towers' usual pooling before their fc layer).
+- LSTM width: hidden size D, so a message has the shape of the features it is fused with ("m_a,
+  m_m in R^{T x D}"); the message at segment t is the top layer's output at step t (it has seen
+  segments 1..t: the message carries their *order*, which averaging features cannot).
+- ``fusion``: ``"mean"`` (the paper's "simple average strategy"), ``"sum"`` or ``"max"``.
+- Who owns a message generator: the network that *receives* its message. Eq. 4-5 train each
+  modal network with its own objective on "its own network's parameters", and §3.4 says the
+  objective "forces the message generator network [to] transform the most discriminative feature
+  from one source modal to another target one, which boosts the target modal ConvNet" -- so lstm_m
+  (message for the appearance network) belongs to the appearance network, lstm_a to the motion
+  network. To keep each loss on its own network, the message generators read the *other* tower's
+  features through a stop-gradient (``own_gradients=True``, default): the appearance loss trains
+  the appearance tower, its classifier and lstm_m, never the motion tower, and vice versa. Then
+  CMMP+noAL and CMMP (Table 1) differ only in the competing term of the objective.
+- ``messages="identity"`` replaces the LSTMs with the other stream's features themselves
+  (m_m = x_m): the SUM / MAX rows of Table 1 (feature fusion without message generators).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusionkit.fusion.base import FusionBlock, register_fusion
+
+__all__ = ["MessagePassing", "FUSIONS_OF_MESSAGES"]
+
+FUSIONS_OF_MESSAGES = {
+    "mean": lambda x, m: (x + m) / 2,  # the paper's choice (§3.2)
+    "sum": lambda x, m: x + m,
+    "max": torch.maximum,
+}
+
+
+@register_fusion("cmmp")
+class MessagePassing(FusionBlock):
+    """CMMP as a temporal fusion block: ``fuse(rgb [B, C, T, H, W], flow [B, C', T, H, W])`` ->
+    ``(x_a^f, x_m^f)`` as ``[B, C, T, 1, 1]`` and ``[B, C', T, 1, 1]`` (Eq. 1-2).
+
+    Args:
+        rgb_channels, flow_channels: D of each tower (they may differ: each message generator maps
+            its source's D to its target's D).
+        messages: ``"lstm"`` (Eq. 1: 2-layer LSTMs with separate weights) or ``"identity"`` (the
+            other stream's features: SUM / MAX fusion of Table 1).
+        fusion: ``"mean"`` (Eq. 2's average), ``"sum"`` or ``"max"``.
+        layers: LSTM layers (2, "lstm_2").
+        own_gradients: stop-gradient where a message generator reads the other tower, so each
+            stream's loss trains only its own network (see the module docstring).
+    """
+
+    same_spatial_size = False  # the maps are pooled first
+    keeps_shape = False  # [B, C, T, H, W] -> [B, C, T, 1, 1]
+
+    def __init__(self, rgb_channels: int, flow_channels: int, messages: str = "lstm", fusion: str = "mean",
+                 layers: int = 2, own_gradients: bool = True):
+        super().__init__(rgb_channels, flow_channels)
+        if messages not in ("lstm", "identity"):
+            raise ValueError(f"messages must be 'lstm' or 'identity', got {messages!r}")
+        if fusion not in FUSIONS_OF_MESSAGES:
+            raise ValueError(f"fusion must be one of {sorted(FUSIONS_OF_MESSAGES)}, got {fusion!r}")
+        if messages == "identity" and rgb_channels != flow_channels:
+            raise ValueError(f"messages='identity' fuses the streams' features directly, which needs equal widths; "
+                             f"got rgb {rgb_channels} and flow {flow_channels} channels")
+        self.messages, self.fusion, self.own_gradients = messages, fusion, own_gradients
+        if messages == "lstm":
+            # lstm_a reads the appearance features and writes the motion network's message, and vice versa
+            self.lstm_a = nn.LSTM(rgb_channels, flow_channels, num_layers=layers, batch_first=True)
+            self.lstm_m = nn.LSTM(flow_channels, rgb_channels, num_layers=layers, batch_first=True)
+        else:
+            self.lstm_a = self.lstm_m = None
+
+    def branch_modules(self, branch: str) -> list[nn.Module]:
+        """A message generator belongs to the network that receives its message: lstm_m (motion ->
+        appearance) to the RGB branch, lstm_a to the flow branch."""
+        super().branch_modules(branch)
+        generator = self.lstm_m if branch == "rgb" else self.lstm_a
+        return [generator] if generator is not None else []
+
+    def message(self, source: torch.Tensor, generator: nn.LSTM | None) -> torch.Tensor:
+        """``[B, T, D_source] -> [B, T, D_target]``: Eq. 1, the top LSTM layer's output at every step."""
+        if self.own_gradients:
+            source = source.detach()
+        if generator is None:
+            return source
+        return generator(source)[0]
+
+    def fuse(self, rgb, flow):
+        if rgb.dim() != 5 or flow.dim() != 5 or rgb.shape[2] != flow.shape[2]:
+            raise ValueError(f"MessagePassing needs the towers' maps stacked over the T segments, [B, C, T, H, W] "
+                             f"with the same T: use it as a TwoStreamNet temporal_fusion block; got rgb "
+                             f"{tuple(rgb.shape)} and flow {tuple(flow.shape)}")
+        x_a = rgb.mean(dim=(3, 4)).transpose(1, 2)  # [B, T, D]
+        x_m = flow.mean(dim=(3, 4)).transpose(1, 2)
+        merge = FUSIONS_OF_MESSAGES[self.fusion]
+        fused_a = merge(x_a, self.message(x_m, self.lstm_m))  # Eq. 2
+        fused_m = merge(x_m, self.message(x_a, self.lstm_a))
+        return tuple(f.transpose(1, 2)[..., None, None] for f in (fused_a, fused_m))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, messages={self.messages!r}, fusion={self.fusion!r}"
