@@ -191,12 +191,13 @@ def adversarial_objective(out, labels):
     ``AL_a = L_a + max(L_a - L_m, 0)`` and for the motion network ``AL_m = L_m + max(L_m - L_a, 0)``,
     with L the cross-entropy of each stream's classifier (``out.heads``: appearance, motion).
 
-    Each AL is "applied to its own network's parameters": the other stream's loss inside the hinge
-    is a constant (detached), so the hinge doubles a network's own gradient while it is behind the
-    other and vanishes once it is ahead; it never pushes a network to raise the other's loss. With
-    :class:`~fusionkit.fusion.cmmp.MessagePassing` (``own_gradients=True``) L_a depends only on the
-    appearance network's parameters and L_m only on the motion network's, so minimising
-    ``AL_a + AL_m`` in one backward pass gives each network exactly the gradient of its own AL."""
+    The other stream's loss inside the hinge is a constant (detached): the hinge doubles a
+    network's own gradient while it trails the other and vanishes once it is ahead; no network is
+    pushed to raise the other's loss. Each AL otherwise back-propagates through everything its
+    stream's scores depend on, the message generators and (through them) the other tower included,
+    as §3.4 trains "the whole network jointly". For the strict reading, in which each AL reaches only
+    its own network's parameters, build :class:`~fusionkit.fusion.cmmp.MessagePassing` with
+    ``own_gradients=True`` (why that is not the default: see that module's docstring)."""
     appearance, motion = out.heads
     loss_a = F.cross_entropy(out[appearance], labels)
     loss_m = F.cross_entropy(out[motion], labels)

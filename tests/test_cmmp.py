@@ -63,23 +63,25 @@ def test_lstm_messages_see_the_order_of_the_segments_and_identity_messages_do_no
         torch.testing.assert_close(plain["cmmp-R"], plain_rev["cmmp-R"])  # averaging over T forgets order
 
 
-def test_each_streams_loss_reaches_only_its_own_network():
-    """With own_gradients, the appearance loss trains the appearance tower, its classifier and lstm_m
-    (which writes the appearance network's message), never the motion tower or lstm_a."""
-    torch.manual_seed(0)
-    model = build_model("cmmp", 4, new_length=2)
-    out = model(torch.randn(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 32, 32))
-    F.cross_entropy(out["cmmp-R"], torch.tensor([0, 1])).backward()
-    block = model.temporal_fusion
+def test_gradient_paths_joint_by_default_and_own_network_only_when_asked():
+    """By default the appearance loss reaches the motion tower through lstm_m (the whole network is
+    trained jointly, §3.4); with own_gradients it trains only the appearance tower, its classifier and
+    lstm_m (which writes the appearance network's message), never the motion tower or lstm_a."""
     got = lambda m: any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())  # noqa: E731
+    rgb, flow, labels = torch.randn(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 32, 32), torch.tensor([0, 1])
+    torch.manual_seed(0)
+    joint = build_model("cmmp", 4, new_length=2)
+    F.cross_entropy(joint(rgb, flow)["cmmp-R"], labels).backward()
+    assert got(joint.rgb_tower) and got(joint.temporal_fusion.lstm_m) and got(joint.flow_tower)
+    assert not got(joint.temporal_fusion.lstm_a)  # lstm_a writes the motion message, which cmmp-R never reads
+
+    torch.manual_seed(0)
+    model = build_model("cmmp", 4, new_length=2, own_gradients=True)
+    F.cross_entropy(model(rgb, flow)["cmmp-R"], labels).backward()
+    block = model.temporal_fusion
     assert got(model.rgb_tower) and got(model.rgb_head) and got(block.lstm_m)
     assert not got(model.flow_tower) and not got(block.lstm_a) and not got(model.flow_head)
     assert block.branch_modules("rgb") == [block.lstm_m] and block.branch_modules("flow") == [block.lstm_a]
-
-    joint = build_model("cmmp", 4, new_length=2, own_gradients=False)
-    out = joint(torch.randn(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 32, 32))
-    F.cross_entropy(out["cmmp-R"], torch.tensor([0, 1])).backward()
-    assert got(joint.flow_tower)  # without the stop-gradient the message carries the loss back
 
 
 def _out(s_a, s_m):

@@ -373,7 +373,7 @@ def conv_fusion(num_classes: int, **kwargs) -> TwoStreamNet:
 
 
 @register_model("cmmp")
-def cmmp(num_classes: int, messages: str = "lstm", fusion: str = "mean", own_gradients: bool = True,
+def cmmp(num_classes: int, messages: str = "lstm", fusion: str = "mean", own_gradients: bool = False,
          rgb_weight: float = 0.5, **kwargs) -> TwoStreamNet:
     """Cross-modal message passing (Wang et al. 2018, Fig. 2): the towers' per-segment features
     exchange LSTM messages after the last stage (:class:`~fusionkit.fusion.cmmp.MessagePassing`),
