@@ -18,7 +18,7 @@ from fusionkit.data.dataset import TwoStreamDataset
 from fusionkit.evaluate import evaluate
 from fusionkit.models.two_stream import build_model
 from fusionkit.registry import Registry
-from fusionkit.train import ALTERNATE_RGB_WEIGHT, CHECKPOINT, TrainConfig, Trainer, alternate_branches
+from fusionkit.train import ALTERNATE_RGB_WEIGHT, CHECKPOINT, TrainConfig, Trainer, alternate_branches, seed_everything
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
     if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
         kwargs["rgb_weight"] = ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations, config.first_branch)[-1]]
+    seed_everything(config.seed)  # the initial weights too (torch seeds each process differently otherwise)
     model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
     if m.pretrain is not None:
         if init_from is None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,19 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert not math.isnan(sum(v.float().sum().item() for v in b.values()))
+
+
+def test_run_method_is_reproducible_from_the_seed_initial_weights_included():
+    """Fresh processes start torch's generator from different seeds, so the initial weights must be
+    seeded from the config too, or two runs of the same notebook differ."""
+    from fusionkit.methods import run_method
+
+    data, config = SyntheticTwoStream(8), TrainConfig(**{**CFG, "epochs": 1})
+    torch.manual_seed(123)
+    a, _, _ = run_method("late", data, None, 4, config=config, new_length=2)
+    torch.manual_seed(456)
+    b, _, _ = run_method("late", data, None, 4, config=config, new_length=2)
+    c, _, _ = run_method("late", data, None, 4, config=replace(config, seed=1), new_length=2)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert not torch.equal(a.rgb_tower.stages["stem"][0].conv.weight, c.rgb_tower.stages["stem"][0].conv.weight)
