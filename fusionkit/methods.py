@@ -18,7 +18,7 @@ from fusionkit.data.dataset import TwoStreamDataset
 from fusionkit.evaluate import evaluate
 from fusionkit.models.two_stream import build_model
 from fusionkit.registry import Registry
-from fusionkit.train import ALTERNATE_RGB_WEIGHT, CHECKPOINT, TrainConfig, Trainer, alternate_branches, seed_everything
+from fusionkit.train import CHECKPOINT, TrainConfig, Trainer, alternate_final_rgb_weight, seed_everything
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
     kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
     if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
-        kwargs["rgb_weight"] = ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations, config.first_branch)[-1]]
+        kwargs["rgb_weight"] = alternate_final_rgb_weight(config)
     seed_everything(config.seed)  # the initial weights too (torch seeds each process differently otherwise)
     model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
     if m.pretrain is not None:

@@ -119,16 +119,20 @@ def branch_objective(branch: str) -> Objective:
     return objective
 
 
-# "finetune" trains like "separate" (a loss per classifier); run_method first loads the weights of
-# separately trained streams and, if asked, freezes what lies below the fusion point. "alternate"
-# switches between branch_objective("rgb") and branch_objective("flow") (see Trainer.enter_phase).
-# "two_stage" is CMMP's (§3.4): stage 1, the streams pretrained with cross-entropy (a method's
-# `pretrain`), stage 2 the whole network with the adversarial objective.
-# "ccs": CCS's Eq. 6, cross-entropy plus the ranking losses, end to end; its margins and weights
-# come from TrainConfig.extra (keyword arguments of fusionkit.losses.ccs_losses).
-SCHEDULES: dict[str, Objective | None] = {"separate": heads_objective, "joint": joint_objective,
-                                          "finetune": heads_objective, "alternate": None,
-                                          "two_stage": adversarial_objective, "ccs": None}
+# Each schedule names a factory ``config -> objective``: "finetune" trains like "separate" (a loss
+# per classifier; run_method first loads the weights of separately trained streams and, if asked,
+# freezes what lies below the fusion point); "alternate" starts with its first branch's loss and
+# Trainer.enter_phase switches it each iteration; "two_stage" is CMMP's (§3.4: stage 1 is the
+# method's `pretrain`, stage 2 the adversarial objective); "ccs" is Eq. 6, its margins and weights
+# from TrainConfig.extra (keyword arguments of fusionkit.losses.ccs_losses).
+SCHEDULES: dict[str, Callable[["TrainConfig"], Objective]] = {
+    "separate": lambda config: heads_objective,
+    "joint": lambda config: joint_objective,
+    "finetune": lambda config: heads_objective,
+    "alternate": lambda config: branch_objective(config.first_branch),
+    "two_stage": lambda config: adversarial_objective,
+    "ccs": lambda config: ccs_objective(**config.extra),
+}
 # Chi et al. §5.2: weights 5:1 towards the branch trained in the latest iteration
 ALTERNATE_RGB_WEIGHT = {"rgb": 5 / 6, "flow": 1 / 6}
 
@@ -142,6 +146,11 @@ def alternate_branches(iterations: int, first: str = "rgb") -> list[str]:
         raise ValueError(f"the first branch must be 'rgb' or 'flow', got {first!r}")
     order = ("rgb", "flow") if first == "rgb" else ("flow", "rgb")
     return [order[i % 2] for i in range(iterations)]
+
+
+def alternate_final_rgb_weight(config: TrainConfig) -> float:
+    """The RGB share of ``-S`` once an ``alternate`` run ends: 5:1 towards the branch trained last."""
+    return ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations, config.first_branch)[-1]]
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -207,10 +216,8 @@ class Trainer:
         if self.branches is not None and not hasattr(model, "train_branch"):
             raise TypeError(f"the alternate schedule trains one branch at a time, which needs a model with "
                             f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")
-        if objective is None and config.schedule == "ccs":
-            objective = ccs_objective(**config.extra)
-        self.fixed_objective = objective
-        self.objective = objective or SCHEDULES[config.schedule]
+        self.fixed_objective = objective  # a caller's objective overrides the schedule's in every phase
+        self.objective = objective or SCHEDULES[config.schedule](config)
         self.sampler = None
         if config.classes_per_batch or config.videos_per_class:
             self.sampler = BalancedBatchSampler(dataset_labels(train_set), config.classes_per_batch,

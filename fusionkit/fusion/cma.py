@@ -70,9 +70,10 @@ __all__ = ["CrossModalityAttention", "CMABlock", "NonLocalBlock"]
 
 DIRECTIONS = ("both", "rgb", "flow")
 # Initial positional logit of a query's own cell above the mean (position_frequencies > 0 only).
-# Measured on `registration` (tiny towers, notebook 06's setting, seed 0): with a peak of 4 the content
-# terms took over and every query attended to the moving sprite (own-cell mass 0.07, test 0.58); with
-# 10 the queries stayed local enough to register (own-cell mass 0.28, test 1.00); 20 also gave 1.00.
+# Chosen from exploratory single-seed runs on `registration` (tiny towers, 15 epochs, before initial
+# weights were seeded): with a peak of 4 the content terms took over and every query attended to the
+# moving sprite (own-cell mass 0.07, test 0.58); with 10 the queries stayed local enough to register
+# (own-cell mass 0.28, test 1.00); 20 also gave 1.00. Notebook 06 measures the chosen value over 2 seeds.
 LOCALITY_PEAK = 10.0
 
 

@@ -26,9 +26,10 @@ Choices the paper leaves open, made explicit here:
   generator that writes its message, and through that generator into the *other* tower. That last
   path matters: on `order` the appearance network's LSTM needs motion features that tell left from
   right, and only the appearance loss asks the motion tower for them (the motion loss cannot, its
-  message comes from the appearance tower, which sees no motion). Measured on `order` (tiny towers,
-  one seed, notebook 04's setting): CMMP+noAL reached 1.00 this way and 0.33 with
-  ``own_gradients=True``, the strict reading of "each applied to its own network's parameters" in
+  message comes from the appearance tower, which sees no motion). Exploratory single-seed runs on `order`
+  (tiny towers, before initial weights were seeded; not a controlled comparison: the strict run also
+  had half the learning rate and 10 instead of 15 epochs): CMMP+noAL reached 1.00 this way and 0.33
+  with ``own_gradients=True``, the strict reading of "each applied to its own network's parameters" in
   which a message generator reads the other tower through a stop-gradient and each loss trains only
   its own tower, its classifier and the generator of its incoming message.
 - ``messages="identity"`` replaces the LSTMs with the other stream's features themselves
