@@ -235,3 +235,25 @@ def test_dataloader_batches_items(motion_puzzle, motion_cache):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["rgb"].shape[:2] == (4, 2) and batch["flow"].shape[:3] == (4, 2, 4)
     assert batch["label"].tolist() == [r.label for r in split.train[:4]]
+
+
+def test_in_memory_items_equal_disk_items_and_need_no_second_read(motion_puzzle, motion_cache, tmp_path):
+    import shutil
+
+    from fusionkit.train import seed_everything
+
+    split = load_ucf101_split(motion_puzzle)
+    copy = tmp_path / "cache"
+    shutil.copytree(motion_cache, copy)
+    disk = TwoStreamDataset(split.train[:3], copy, num_segments=3, new_length=2)
+    memory = TwoStreamDataset(split.train[:3], copy, num_segments=3, new_length=2, in_memory=True)
+    for ds in (disk, memory):
+        seed_everything(0)  # the same snippet draws and augmentation
+        ds.items = [ds[i] for i in range(len(ds))]
+    for a, b in zip(disk.items, memory.items):
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["flow"], b["flow"]) and a["label"] == b["label"]
+    for entry in copy.iterdir():  # decoded once: the files are no longer needed
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    seed_everything(0)
+    again = [memory[i] for i in range(len(memory))]
+    assert all(torch.equal(a["flow"], b["flow"]) for a, b in zip(memory.items, again))

@@ -14,10 +14,11 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def run_jobs(fn: Callable, jobs: Sequence, workers: int = 1, desc: str = "", progress: bool = True) -> list:
+def run_jobs(fn: Callable, jobs: Sequence, workers: int = 1, desc: str = "", progress: bool = True,
+             unit: str = "video") -> list:
     """``[fn(job) for job in jobs]`` over ``workers`` processes (spawned, so it is safe from a
     notebook that already runs torch threads), keeping the jobs' order."""
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="video")
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit=unit)
     try:
         if workers <= 1 or len(jobs) <= 1:
             results = []
