@@ -15,6 +15,7 @@ from torch import nn
 
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import TwoStreamDataset
+from fusionkit.distributed import is_main_process
 from fusionkit.evaluate import evaluate
 from fusionkit.models.two_stream import build_model
 from fusionkit.registry import Registry
@@ -121,7 +122,8 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
     ``"above_fusion"``. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
     also writes ``run.json`` (what was run), the checkpoint and history (see
-    :class:`fusionkit.train.Trainer`) and ``eval.json``.
+    :class:`fusionkit.train.Trainer`) and ``eval.json``. Under torchrun every process trains and
+    only rank 0 evaluates and writes (the other ranks get ``metrics=None``).
     """
     m = get_method(method)
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
@@ -141,16 +143,17 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
             raise ValueError(f"finetune must be 'all' or 'above_fusion', not {finetune!r}")
         if finetune == "above_fusion":
             model.freeze_below_fusion()
-    if out_dir is not None:
+    writes = out_dir is not None and is_main_process()  # under torchrun, rank 0 writes the run folder
+    if writes:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "run.json", json.dumps(
             {"method": method, "backbone": backbone, "num_classes": num_classes, "model_kwargs": kwargs,
              "train": asdict(config)}, indent=1))
     history = Trainer(model, train_set, config, val_set=val_set, out_dir=out_dir).fit(resume=resume)
     metrics = None
-    if test_set is not None:
+    if test_set is not None and is_main_process():  # the whole test set, once (the other ranks are done)
         metrics = evaluate(model, test_set, batch_size=config.batch_size, device=config.device)
-        if out_dir is not None:
+        if writes:
             atomic_write_text(Path(out_dir) / "eval.json", json.dumps(metrics, indent=1))
     return model, history, metrics
 

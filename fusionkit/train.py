@@ -26,6 +26,9 @@ Reproducibility: every epoch re-seeds Python, NumPy and torch (and the loader's 
 worker seeds) from ``(seed, epoch)``. A checkpoint is written atomically at the end of every
 epoch; ``resume=True`` reloads the last one and re-runs the interrupted epoch from its start, so a
 run killed mid-epoch ends with the same weights and accuracy as an uninterrupted one.
+
+Several GPUs (or CPU processes): launch under ``torchrun`` and the same :class:`Trainer` trains with
+PyTorch's DistributedDataParallel; see its docstring.
 """
 from __future__ import annotations
 
@@ -43,9 +46,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from fusionkit import distributed
 from fusionkit.data.atomic import atomic_write_bytes, atomic_write_text
 from fusionkit.data.sampler import BalancedBatchSampler, dataset_labels
 from fusionkit.losses import adversarial_objective, ccs_objective
@@ -56,7 +61,7 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun, split evenly over the processes
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, as TSN) or "adamw"
     lr: float = 0.01
     momentum: float = 0.9
@@ -73,6 +78,8 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA if present (bf16 autocast, channels_last), else CPU
     num_workers: int = 0
     progress: bool = True
+    sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
+    find_unused_parameters: bool = False  # under torchrun: for objectives that leave trainable parameters out
     extra: dict = field(default_factory=dict)  # a method's own settings, kept with the checkpoint
 
 
@@ -203,6 +210,38 @@ class Trainer:
         config: a :class:`TrainConfig`.
         out_dir: where ``checkpoint.pt`` and ``history.json`` go (None: keep nothing on disk).
         objective: overrides the schedule's objective (losses to minimise).
+
+    Several processes, through PyTorch's DistributedDataParallel (DDP): started by ``torchrun``, the
+    Trainer finds the variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and trains
+    data-parallel, the calling code unchanged (:mod:`fusionkit.distributed`). The command line::
+
+        torchrun --standalone --nproc_per_node 2 -m fusionkit.cli train --dataset ... --out run
+        torchrun --standalone --nproc_per_node 2 "$(which fusionkit)" train --dataset ... --out run
+
+    (both work: torchrun runs the ``fusionkit`` entry-point script with Python; ``--nproc_per_node``
+    = GPUs per machine; ``--standalone`` picks a free port on one machine).
+
+    - Each process joins the group (``nccl`` on CUDA, one GPU each, ``cuda:LOCAL_RANK``; ``gloo`` on
+      CPU) and runs the model wrapped in DDP, which averages the gradients over the processes.
+    - ``batch_size`` is the *global* batch: each process loads ``batch_size / world_size`` items (it
+      must divide evenly), so a config means the same on 1 GPU and on 8. A ``DistributedSampler``
+      seeded from ``(seed, epoch)`` gives each process every ``world_size``-th item of one shared
+      permutation, so the processes' k-th batches together are the k-th slice of it, and with mean
+      losses the averaged gradient is the global batch's (tests/test_distributed.py checks the weights
+      equal a one-process run over the same slices). The single-process order is another
+      permutation, so a DDP run is not step-for-step the plain run; where the dataset does not divide
+      evenly, the sampler repeats a few items to even the shares.
+    - BatchNorm stays per process (statistics of the local batch, as in most DDP training);
+      ``sync_batchnorm=True`` makes it SyncBatchNorm over the global batch (GPUs only).
+    - Balanced batches (``classes_per_batch``) are refused for now: CCS's batch-hard losses compare
+      the items of one batch, and splitting it over processes would change them.
+    - ``alternate`` freezes a branch per phase: the DDP wrapper is rebuilt each phase, as DDP reduces
+      exactly the parameters that required grad when it was built. An objective of your own that
+      leaves some trainable parameter without a gradient needs ``find_unused_parameters=True``.
+    - Rank 0 alone writes the checkpoint (from the unwrapped model, so it loads in one process),
+      ``history.json`` and the progress bar, and evaluates ``val_set`` whole while the others wait at
+      the next step; the history's training loss and accuracy are totals over all processes.
+      Leaving the process group at the end is the launcher's (:func:`fusionkit.distributed.cleanup`).
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, config: TrainConfig, val_set: Dataset | None = None,
@@ -218,12 +257,17 @@ class Trainer:
                             f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")
         self.fixed_objective = objective  # a caller's objective overrides the schedule's in every phase
         self.objective = objective or SCHEDULES[config.schedule](config)
+        self.device = distributed.init_distributed(resolve_device(config.device))
+        self.distributed, self.world_size = distributed.is_distributed(), distributed.get_world_size()
+        if self.distributed:
+            self._check_distributed_config()
+            if config.sync_batchnorm:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.sampler = None
         if config.classes_per_batch or config.videos_per_class:
             self.sampler = BalancedBatchSampler(dataset_labels(train_set), config.classes_per_batch,
                                                 config.videos_per_class, seed=config.seed)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(config.device)
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
@@ -231,6 +275,31 @@ class Trainer:
         self.epoch = 0
         self.phase = -1
         self.enter_phase(0)
+
+    def _check_distributed_config(self) -> None:
+        cfg, n = self.config, self.world_size
+        if cfg.classes_per_batch or cfg.videos_per_class:
+            raise ValueError(f"balanced batches (classes_per_batch={cfg.classes_per_batch}, videos_per_class="
+                             f"{cfg.videos_per_class}) are not supported under torchrun/DDP yet: the CCS ranking "
+                             f"losses compare the items of one batch, and splitting a batch over {n} processes would "
+                             f"change them; train this method in a single process")
+        if cfg.batch_size % n:
+            raise ValueError(f"batch_size is the global batch, split evenly over the processes: {cfg.batch_size} does "
+                             f"not divide by the {n} processes; use a multiple of {n}")
+        if cfg.sync_batchnorm and self.device.type != "cuda":
+            raise ValueError(f"sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel), but this run "
+                             f"trains on {self.device}; leave it off for per-process BatchNorm")
+
+    def _data_parallel(self) -> nn.Module:
+        """The module the training step runs: the model itself, or under torchrun a DDP wrapper of it.
+        Built anew for each phase, because DDP reduces the gradients of exactly the parameters that
+        required grad when it was built, and a phase may freeze or unfreeze a branch."""
+        if not self.distributed:
+            return self.model
+        self.train_model = None  # the old wrapper (and its gradient hooks) goes before the new one hooks in
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids,
+                                       find_unused_parameters=self.config.find_unused_parameters)
 
     @property
     def total_epochs(self) -> int:
@@ -244,6 +313,7 @@ class Trainer:
             self.model.train_branch(branch)
             self.model.rgb_weight = ALTERNATE_RGB_WEIGHT[branch]
             self.objective = self.fixed_objective or branch_objective(branch)
+        self.train_model = self._data_parallel()
         self.optimizer = make_optimizer(self.model.parameters(), self.config)
         self.phase = phase
 
@@ -253,7 +323,7 @@ class Trainer:
                 "phase": self.phase, "history": self.history, "config": asdict(self.config)}
 
     def save_checkpoint(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not distributed.is_main_process():
             return
         buffer = io.BytesIO()
         torch.save(self.state_dict(), buffer)
@@ -279,7 +349,7 @@ class Trainer:
             if phase != self.phase:
                 self.enter_phase(phase)
             record = self.train_epoch(self.epoch)
-            if self.val_set is not None:
+            if self.val_set is not None and distributed.is_main_process():  # the others wait at the next step
                 from fusionkit.evaluate import evaluate
 
                 metrics = evaluate(self.model, self.val_set, batch_size=self.config.batch_size, device=self.device,
@@ -293,7 +363,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the data at epoch ``epoch`` (0-based, counted over all phases)."""
         cfg = self.config
-        seed_everything(cfg.seed * 100_003 + epoch)
+        seed, rank = cfg.seed * 100_003 + epoch, distributed.get_rank() if self.distributed else 0
+        seed_everything(seed + 1_000_003 * rank)  # each process draws its own snippets and crops
         lr = cfg.lr * lr_factor(epoch % cfg.epochs, cfg)  # the LR schedule restarts with each phase
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -301,22 +372,28 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.num_workers,
                                 pin_memory=self.device.type == "cuda")
+        elif self.distributed:  # this process's share of one permutation (see the class docstring)
+            sampler = DistributedSampler(self.train_set, num_replicas=self.world_size, rank=rank, shuffle=True,
+                                         seed=cfg.seed * 100_003)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(self.train_set, batch_size=cfg.batch_size // self.world_size, sampler=sampler,
+                                num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(seed + 1_000_003 * rank))
         else:
-            loader = make_loader(self.train_set, cfg.batch_size, True, cfg.seed * 100_003 + epoch, cfg.num_workers,
-                                 self.device)
-        self.model.train()
+            loader = make_loader(self.train_set, cfg.batch_size, True, seed, cfg.num_workers, self.device)
+        self.train_model.train()
         sums: dict[str, float] = {}
         correct: dict[str, int] = {}
         seen = 0
         desc = f"epoch {epoch + 1}/{self.total_epochs}"
         if self.branches is not None:
             desc = f"iter {self.phase + 1} ({self.branches[self.phase]}) " + desc
-        bar = tqdm(loader, desc=desc, disable=not cfg.progress, leave=False)
+        bar = tqdm(loader, desc=desc, disable=not (cfg.progress and distributed.is_main_process()), leave=False)
         for step, batch in enumerate(bar):
             batch = _to_device(batch, self.device)
             labels = batch["label"]
             with _autocast(self.device):
-                out = self.model(batch["rgb"], batch["flow"])
+                out = self.train_model(batch["rgb"], batch["flow"])
                 losses = self.objective(out, labels)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
@@ -334,6 +411,10 @@ class Trainer:
             for k, v in out.items():
                 correct[k] = correct.get(k, 0) + (v.argmax(-1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if self.distributed:  # the epoch's totals over all processes, not this one's share
+            seen = distributed.all_reduce_sums({"seen": seen}, self.device)["seen"]
+            sums = distributed.all_reduce_sums(sums, self.device)
+            correct = distributed.all_reduce_sums(correct, self.device)
         record = {"epoch": epoch + 1, "lr": lr, "loss": sum(sums.values()) / max(seen, 1)}
         if self.branches is not None:
             record.update(iteration=self.phase + 1, branch=self.branches[self.phase])
