@@ -200,7 +200,7 @@ def test_tvl1_with_opencv_contrib_estimates_flow(frame_pair):
 
 
 def test_unknown_backend_is_a_key_error_listing_the_choices():
-    with pytest.raises(KeyError, match=r"unknown flow backend 'raft'.*\['dis', 'farneback', 'tvl1'\]"):
+    with pytest.raises(KeyError, match=r"unknown flow backend 'raft'.*\['dis', 'farneback', 'tvl1', 'tvl1-torch'\]"):
         get_flow_backend("raft")
 
 

@@ -1,8 +1,11 @@
 """Optical flow: estimators, quantised storage, and the resumable, atomic extraction of a dataset.
 
 Backends (``FLOW_BACKENDS``, by name): ``farneback`` and ``dis`` from OpenCV's core, ``tvl1`` from
-opencv-contrib (``cv2.optflow``). Each maps two grey frames to forward flow ``[H, W, 2]`` (dx, dy)
-in pixels.
+opencv-contrib (``cv2.optflow``), and ``tvl1-torch``, the same TV-L1 in PyTorch
+(:mod:`fusionkit.data.tvl1_torch`; CUDA when available, else the CPU; $FUSIONKIT_TVL1_DEVICE
+chooses). Each maps two grey frames to forward flow ``[H, W, 2]`` (dx, dy) in pixels. A backend
+whose function also has a ``batch(prev_stack, next_stack) -> [N, H, W, 2]`` attribute is given all
+pairs of a video in one call by :func:`compute_flow`: that is how ``tvl1-torch`` batches.
 
 Storage follows the two-stream papers and MMAction2's rawframes: per video a folder
 ``<out>/<Class>/<video>/`` with ``img_00001.jpg`` (RGB frame 1), ``flow_x_00001.jpg`` and
@@ -31,7 +34,8 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 META_FILE = "meta.json"
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# name -> factory returning ``fn(prev_grey, next_grey) -> flow [H, W, 2] float32``
+# name -> factory returning ``fn(prev_grey, next_grey) -> flow [H, W, 2] float32``, optionally with
+# ``fn.batch(prev_greys, next_greys) -> [N, H, W, 2]`` for all pairs at once
 FLOW_BACKENDS = Registry("flow backend")
 register_flow_backend = FLOW_BACKENDS.register
 
@@ -69,6 +73,19 @@ def _tvl1() -> FlowFn:
     return lambda prev, nxt: tvl1.calc(prev, nxt, None)
 
 
+@register_flow_backend("tvl1-torch")
+def _tvl1_torch() -> FlowFn:
+    from fusionkit.data.tvl1_torch import default_device, tvl1_flow
+
+    device = default_device()
+
+    def fn(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        return tvl1_flow(prev, nxt, device=device)
+
+    fn.batch = fn  # tvl1_flow takes stacks [N, H, W] as well as single frames
+    return fn
+
+
 def to_grey(frames: np.ndarray) -> np.ndarray:
     """[N, H, W, 3] uint8 RGB -> [N, H, W] uint8 grey (BT.601 luma, as cv2.COLOR_RGB2GRAY)."""
     import cv2
@@ -80,6 +97,8 @@ def compute_flow(frames: np.ndarray, backend: str | FlowFn = "dis") -> np.ndarra
     """Forward flow between consecutive RGB frames: ``[N, H, W, 3]`` -> ``[N-1, H, W, 2]`` float32."""
     fn = get_flow_backend(backend) if isinstance(backend, str) else backend
     grey = to_grey(frames)
+    if hasattr(fn, "batch"):  # the backend takes all pairs at once
+        return np.asarray(fn.batch(grey[:-1], grey[1:]), np.float32)
     return np.stack([fn(grey[i], grey[i + 1]) for i in range(len(grey) - 1)]).astype(np.float32)
 
 

@@ -8,9 +8,13 @@ from tqdm.auto import tqdm
 
 
 def _init_worker() -> None:
-    # One OpenCV thread per process: the workers are the parallelism, and results stay deterministic.
+    # One OpenCV (and torch) thread per process: the workers are the parallelism, and results stay
+    # deterministic. torch reads OMP_NUM_THREADS when a worker first imports it (tvl1-torch flow).
+    import os
+
     import cv2
 
+    os.environ["OMP_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
 
 
