@@ -40,11 +40,28 @@ def _dataset_paths(args) -> tuple[str, str]:
 
 
 def _train(args) -> int:
+    """Also under ``torchrun --nproc_per_node N -m fusionkit.cli train ...`` (one process per GPU;
+    see :class:`fusionkit.train.Trainer`): the processes join their group first, so that rank 0
+    alone prepares the data and reports, and leave it at the end."""
+    from fusionkit import distributed
+    from fusionkit.train import resolve_device
+
+    distributed.init_distributed(resolve_device(args.device))  # nothing to do outside torchrun
+    try:
+        return _train_in_group(args, distributed.is_main_process())
+    finally:
+        distributed.cleanup()
+
+
+def _train_in_group(args, main_process: bool) -> int:
     from fusionkit.data.dataset import build_dataset
+    from fusionkit.distributed import main_process_first
     from fusionkit.methods import run_method
     from fusionkit.train import TrainConfig
 
-    root, cache = _dataset_paths(args)
+    args.quiet = args.quiet or not main_process  # one set of progress bars, rank 0's
+    with main_process_first():  # puzzles are rendered and their flow extracted once, not by every process
+        root, cache = _dataset_paths(args)
     common = dict(split=args.split, new_length=args.new_length, input_size=args.input_size)
     train_set = build_dataset(args.dataset, root, cache, "train", num_segments=args.segments, **common)
     test_set = build_dataset(args.dataset, root, cache, "test", num_segments=args.test_segments, **common)
@@ -55,13 +72,15 @@ def _train(args) -> int:
                          weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
                          device=args.device, num_workers=args.workers, progress=not args.quiet,
                          iterations=args.iterations)
-    _write_dataset_info(args, root, cache, classes)
+    if main_process:
+        _write_dataset_info(args, root, cache, classes)
     _, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
                                      config=config, out_dir=args.out, resume=args.resume,
                                      pretrained=args.pretrained)
-    for name, m in metrics.items():
-        print(f"{name:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
-    print(f"run saved to {args.out}")
+    if main_process:
+        for name, m in metrics.items():
+            print(f"{name:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+        print(f"run saved to {args.out}")
     return 0
 
 
@@ -111,6 +130,25 @@ def _run_notebooks(args) -> int:
 
     done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers)
     print(f"executed {len(done)} notebooks into {args.out}")
+    return 0
+
+
+def _bench(args) -> int:
+    from dataclasses import replace
+
+    from fusionkit.bench import DEFAULT_ENTRIES, QUICK, TEACHING, markdown_table, run_benchmark, write_benchmark
+
+    settings = QUICK if args.quick else TEACHING
+    overrides = {k: v for k, v in (("puzzles", tuple(args.puzzles or ()) or None),
+                                   ("seeds", tuple(range(args.seeds)) if args.seeds else None)) if v}
+    settings = replace(settings, **overrides)
+    entries = tuple(args.methods or DEFAULT_ENTRIES) + tuple(args.blocks or ())
+    report = run_benchmark(entries, settings, data_dir=args.data, work_dir=args.work_dir, workers=args.workers,
+                           device=args.device, resume=args.resume, progress=not args.quiet,
+                           plugins=tuple(args.plugins or ()))
+    paths = write_benchmark(report, results_dir=f"{args.figures}/results", figures_dir=args.figures, name=args.name)
+    print(markdown_table(report["accuracy"]))
+    print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 
 
@@ -188,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, seconds per notebook")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_run_notebooks)
+
+    p = sub.add_parser("bench", help="train every fusion method on every puzzle over seeds: table + heatmap")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, three puzzles (seconds per job)")
+    p.add_argument("--methods", nargs="+", help="benchmark entries (default: late sum conv conv3d cmmp ccs cma)")
+    p.add_argument("--blocks", nargs="+", help="registered fusion blocks to add as spatial-fusion rows")
+    p.add_argument("--plugins", nargs="+", help="modules or .py files to import first (they register your blocks)")
+    p.add_argument("--puzzles", nargs="+", choices=sorted(PUZZLES))
+    p.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...); default 3 (--quick: 1)")
+    p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default="data", help="folder for puzzles and flow")
+    p.add_argument("--work-dir", default="build/bench", help="each finished job is saved here")
+    p.add_argument("--resume", action="store_true", help="reuse finished jobs in --work-dir (same settings)")
+    p.add_argument("--figures", default="figures", help="writes <figures>/results/<name>.json|.md and the heatmap")
+    p.add_argument("--name", default="benchmark")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_bench)
+
+    from fusionkit.assignments.commands import add_assignment_parser
+
+    add_assignment_parser(sub)
     return parser
 
 

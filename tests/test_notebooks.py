@@ -9,20 +9,22 @@ from fusionkit.results import load_results
 from fusionkit.run_notebooks import NotebookError, execute_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+# the course assignments: stored like the series (tests/test_assignments.py executes them through the grader)
+ALL_NOTEBOOKS = NOTEBOOKS + sorted((Path(__file__).resolve().parent.parent / "notebooks" / "assignments").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
     assert [p.stem for p in NOTEBOOKS][:3] == ["00_quickstart", "01_video_and_flow", "02_two_stream_late_fusion"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_has_a_tagged_parameters_cell_first(path):
     nb = nbformat.read(path, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")

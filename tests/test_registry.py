@@ -17,3 +17,20 @@ def test_register_lookup_and_refusing_a_second_owner_of_a_name():
     with pytest.raises(KeyError, match=r"unknown widget 'b'; registered: \['a'\]"):
         reg.lookup("b")
     assert sorted(reg) == ["a"]  # it is a dict: listing and membership as usual
+
+
+def test_redefining_the_same_class_replaces_it_but_another_name_clash_fails():
+    """A notebook cell that defines and registers a block runs again: same module and qualname."""
+    reg = Registry("widget")
+    namespace = {"reg": reg}
+    source = "@reg.register('w')\nclass Block:\n    pass\n"
+    exec(source, namespace)
+    first = reg.lookup("w")
+    exec(source, namespace)  # the cell re-run: a new class object of the same definition
+    assert reg.lookup("w") is namespace["Block"] and reg.lookup("w") is not first
+
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="widget named 'w' is already registered"):
+        reg.register("w")(Other)
