@@ -52,6 +52,18 @@ def _show(output, draw) -> None:
         plt.close(fig)
 
 
+def _redraw_on_change(controls: Mapping, output, draw):
+    """Wire every control to redraw ``output`` with ``draw()`` when its value changes; return the
+    redraw callback (an explorer calls it once to draw its first view)."""
+
+    def refresh(*_) -> None:
+        _show(output, draw)
+
+    for control in controls.values():
+        control.observe(refresh, names="value")
+    return refresh
+
+
 # --------------------------------------------------------------------------------------------
 # (a) CAM scrubber
 # --------------------------------------------------------------------------------------------
@@ -188,11 +200,7 @@ def cam_explorer(model: nn.Module, dataset, output: str | None = None,
         fig.tight_layout()
         return fig
 
-    def refresh(*_) -> None:
-        _show(output_widget, draw)
-
-    for control in controls.values():
-        control.observe(refresh, names="value")
+    refresh = _redraw_on_change(controls, output_widget, draw)
     box = widgets.VBox([widgets.HBox(list(controls.values())), output_widget])
     box.source, box.controls, box.state, box.refresh = source, controls, state, refresh
     refresh()
@@ -299,11 +307,7 @@ def fusion_weight_explorer(scores: Scores | Mapping[str, Scores], rgb: str | Non
         fig.tight_layout()
         return fig
 
-    def refresh(*_) -> None:
-        _show(output_widget, draw)
-
-    for control in controls.values():
-        control.observe(refresh, names="value")
+    refresh = _redraw_on_change(controls, output_widget, draw)
     row = [controls["weight"]] + ([controls["scores"]] if len(runs) > 1 else [])
     box = widgets.VBox([widgets.HBox(row), readout, output_widget])
     box.controls, box.view, box.refresh = controls, view, refresh
