@@ -73,7 +73,6 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -86,6 +85,7 @@ import torch
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.fusion.base import conv1x1
 from fusionkit.fusion.cma import CrossModalityAttention, _pool_space
+from fusionkit.machine import machine_description
 
 RESULTS = Path(__file__).parent / "results" / "cma_attention.json"
 IMPLEMENTATIONS = ("sdpa", "naive")
@@ -322,25 +322,6 @@ def cuda_peak_memory(spec: dict, impl: str, mode: str, device: torch.device, dty
 
 
 # ---- machine, main ------------------------------------------------------------------------------
-
-def machine_description(device: torch.device) -> dict:
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu_model)
-    except OSError:
-        pass
-    desc = {"platform": platform.platform(), "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "device": str(device),
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        desc.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return desc
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ from fusionkit.data.dataset import build_dataset
 from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
 from fusionkit.methods import get_method
 from fusionkit.models.two_stream import build_model
+from fusionkit.machine import machine_description
 from fusionkit.train import SCHEDULES, TrainConfig, _autocast, _to_device, make_loader, make_optimizer
 
 RESULTS = Path(__file__).parent / "results" / "training_throughput.json"
@@ -206,24 +205,6 @@ def puzzle_train_sets(data_dir: Path, videos_per_class: int, frames: int, size: 
             "train_videos": len(make_set(False)), "videos_per_class": videos_per_class, "frames": frames,
             "size": size}
     return make_set, info
-
-
-def machine_description(device: torch.device) -> dict:
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu_model)
-    except OSError:
-        pass
-    desc = {"platform": platform.platform(), "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model,
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
-    if device.type == "cuda":
-        desc.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    gpu_memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2 ** 30, 1))
-    return desc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
