@@ -30,3 +30,15 @@ class SyntheticTwoStream(Dataset):
         if self.nan_at is not None and i == self.nan_at:
             rgb[:] = float("nan")
         return {"rgb": rgb, "flow": flow, "label": label, "video_id": f"video{i}"}
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (a script, not a package module) to test its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,25 +3,13 @@
 No timing."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from fusionkit.fusion.cma import CrossModalityAttention
+from tests.helpers import load_benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cma_attention.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_cma_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_benchmark_script("cma_attention")
 
 # (target shape, source shape): 2D, 3D, odd sizes (floor pooling), and cross-modality with
 # different channels and grids

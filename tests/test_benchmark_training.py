@@ -2,22 +2,13 @@
 methods, both in_memory settings) and writes the JSON the results file is read by. No timing checks."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training_throughput.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_training_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark_script
 
 
 def test_training_throughput_report_structure(tmp_path):
-    bench = _load_script()
+    bench = load_benchmark_script("training_throughput")
     out = tmp_path / "training_throughput.json"
     bench.main(["--device", "cpu", "--threads", "1", "--methods", "late", "cma", "--size", "32", "--segments", "2",
                 "--new-length", "2", "--batch", "4", "--steps", "1", "--warmup", "0", "--workers", "0",

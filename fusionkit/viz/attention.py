@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -517,24 +517,20 @@ def _dataset_normalisation(dataset) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 @dataclass
-class AttentionSource:
-    """A model and a dataset of two-stream items, with the attention of each video recorded once
-    (:func:`record_attention`) and kept for the ``cache_size`` most recent videos.
-
-    ``mean`` / ``std``: RGB normalisation to undo for display (default: the dataset transform's
-    :class:`Normalize` step, else ImageNet's).
-    """
+class VideoSource:
+    """A model and a dataset of two-stream items with per-video results computed on demand and kept
+    for the ``cache_size`` most recent keys (the explorers' sources extend it). ``mean`` / ``std``:
+    RGB normalisation to undo for display (default: the dataset transform's :class:`Normalize`
+    step, else ImageNet's)."""
 
     model: nn.Module
     dataset: Any
-    units: list[str] | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     cache_size: int = 8
     _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.units = _select_units(attention_units(self.model), self.units)
         if self.mean is None or self.std is None:
             mean, std = _dataset_normalisation(self.dataset)
             self.mean = self.mean if self.mean is not None else mean
@@ -543,18 +539,34 @@ class AttentionSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def item(self, video: int) -> tuple[dict, dict[str, AttentionRecord]]:
-        """The dataset item of ``video`` and its recorded attention (cached)."""
+    def cached(self, video: int, key: Any, compute: Callable[[dict], Any]) -> tuple[dict, Any]:
+        """``(item, compute(item))`` for dataset item ``video``, cached under ``key`` (LRU)."""
         video = _check_range("video", video, len(self.dataset))
-        if video in self._cache:
-            self._cache.move_to_end(video)
-            return self._cache[video]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         item = self.dataset[video]
-        entry = (item, record_attention(self.model, item["rgb"], item["flow"], self.units))
-        self._cache[video] = entry
+        entry = (item, compute(item))
+        self._cache[key] = entry
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return entry
+
+
+@dataclass
+class AttentionSource(VideoSource):
+    """A :class:`VideoSource` whose per-video result is the attention of every unit
+    (:func:`record_attention`), recorded once per video."""
+
+    units: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.units = _select_units(attention_units(self.model), self.units)
+
+    def item(self, video: int) -> tuple[dict, dict[str, AttentionRecord]]:
+        """The dataset item of ``video`` and its recorded attention (cached)."""
+        return self.cached(video, video, lambda item: record_attention(self.model, item["rgb"], item["flow"], self.units))
 
     def frame(self, item: dict, segment: int, background: str = "rgb") -> np.ndarray:
         """The ``[H, W, 3]`` background of one snippet: the un-normalised RGB frame, or the colour
@@ -621,7 +633,7 @@ def attention_explorer(model: nn.Module, dataset, units: Sequence[str] | None = 
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    source = AttentionSource(model, dataset, None if units is None else list(units), mean, std)
+    source = AttentionSource(model, dataset, mean=mean, std=std, units=None if units is None else list(units))
     item, _ = source.item(0)
     segments, (height, width) = int(item["rgb"].shape[0]), tuple(item["rgb"].shape[-2:])
     controls = {

@@ -15,15 +15,14 @@ every explorer builds and draws once without a browser (headless papermill runs 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from torch import nn
 
 from fusionkit.evaluate import Scores, fusion_weight_sweep
-from fusionkit.viz.attention import (AttentionSource, ExplorerState, ExplorerView, _check_range, _dataset_normalisation,
+from fusionkit.viz.attention import (AttentionSource, ExplorerState, ExplorerView, VideoSource, _check_range,
                                      attention_explorer, explorer_view, plot_explorer_view)
 from fusionkit.viz.cam import VideoCAMs, cam_overlay, get_cam_method, snippet_images, video_cams
 from fusionkit.viz.plots import plot_weight_sweep, stream_outputs
@@ -88,7 +87,7 @@ class CamView(NamedTuple):
 
 
 @dataclass
-class CamSource:
+class CamSource(VideoSource):
     """A model and a dataset of two-stream items whose CAMs (:func:`~fusionkit.viz.cam.video_cams`,
     both streams, every segment) are computed once per (video, method) and kept for the
     ``cache_size`` most recent ones, so scrubbing through the segments costs nothing.
@@ -98,39 +97,16 @@ class CamSource:
     (default: the dataset transform's, else ImageNet's); ``class_names`` for the titles.
     """
 
-    model: nn.Module
-    dataset: Any
     output: str | None = None
     target_class: int | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
     class_names: Sequence[str] | None = None
     cache_size: int = 16
-    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.mean is None or self.std is None:
-            mean, std = _dataset_normalisation(self.dataset)
-            self.mean = self.mean if self.mean is not None else mean
-            self.std = self.std if self.std is not None else std
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def cams(self, video: int, method: str = "gradcam") -> tuple[dict, VideoCAMs]:
         """The dataset item of ``video`` and its CAMs by ``method`` (cached)."""
-        video = _check_range("video", video, len(self.dataset))
         get_cam_method(method)  # an unknown name fails here, listing the known ones
-        key = (video, method)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        item = self.dataset[video]
-        entry = (item, video_cams(self.model, item["rgb"], item["flow"], self.output, method, self.target_class))
-        self._cache[key] = entry
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return entry
+        return self.cached(video, (video, method), lambda item: video_cams(
+            self.model, item["rgb"], item["flow"], self.output, method, self.target_class))
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if self.class_names is not None else f"class {label}"
@@ -182,7 +158,7 @@ def cam_explorer(model: nn.Module, dataset, output: str | None = None,
 
     for method in methods:
         get_cam_method(method)
-    source = CamSource(model, dataset, output, mean=mean, std=std, class_names=class_names)
+    source = CamSource(model, dataset, mean=mean, std=std, output=output, class_names=class_names)
     segments = int(source.dataset[0]["rgb"].shape[0])
     controls = {
         "video": widgets.IntSlider(value=0, min=0, max=len(source) - 1, description="video"),
