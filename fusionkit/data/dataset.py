@@ -56,8 +56,9 @@ class TwoStreamDataset(Dataset):
         transform: a paired transform; default :func:`train_transform` / :func:`eval_transform`
             at the cached frame size (no flips: pass one with ``flip=True`` where labels allow).
         in_memory: keep each video's decoded frames and flow after its first read. Training reads
-            every video once per epoch and a JPEG decode costs more than a small tower's step (the
-            puzzles: about 40% of a step at 32x32), so small datasets train faster; UCF-101 does not
+            every video once per epoch, and decoding its JPEGs again each time is a visible share of a
+            small tower's step (benchmarks/training_throughput.py, 64x64 puzzle, batch 8: 63 ms waiting
+            on the loader per batch from disk, 22 ms in memory, against ~270 ms of model); UCF-101 does not
             fit in memory (leave it False there).
     """
 
