@@ -7,12 +7,18 @@ random inside each segment; testing takes the segments' centres, evenly spaced.
 
 Each item is a dict: ``rgb [T, 3, H, W]``, ``flow [T, 2L, H, W]`` (float, after the paired
 transform), ``label`` (int) and ``video_id`` (``<Class>/<video>``).
+
+The frames and flow come from a :class:`~fusionkit.data.stores.FrameStore`: extract-flow's cache
+(a folder, as before), or MMAction2 rawframes / twostreamfusion's u/v trees. Every video is checked
+before training starts (:func:`check_records`, :func:`check_dataset`), and all problems are reported
+at once, grouped by kind, each with its fix; ``skip_bad=True`` builds the dataset from the rest.
 """
 from __future__ import annotations
 
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fusionkit.data.flow import FLOW_BOUND, load_cached_flow, load_cached_frames, read_cache_meta
+from fusionkit.data.flow import FLOW_BOUND, CacheEntryError, find_videos
 from fusionkit.data.splits import VideoRecord, load_split
+from fusionkit.data.stores import PROBLEM_KINDS, FrameStore, FusionkitCache
 from fusionkit.data.transforms import PairedTransform, eval_transform, train_transform
 
 
@@ -43,50 +50,199 @@ def segment_starts(num_starts: int, num_segments: int, train: bool, generator: t
     return [min(int(tick / 2 + tick * k), num_starts - 1) for k in range(num_segments)]
 
 
+PROBLEM_TITLES = {
+    "missing_video": "listed in the split file but absent from the video root",
+    "failed": "extraction failed",
+    "not_extracted": "no extracted frames/flow",
+    "broken": "frames or flow damaged",
+    "too_short": "fewer flow fields than the snippet length",
+}
+LISTED_PER_KIND = 50  # videos named per kind in a message; DatasetError.problems holds them all
+
+
+class DatasetError(FileNotFoundError, ValueError):
+    """Videos of a dataset cannot be used; the message groups them by kind, each with its fix.
+
+    Both a FileNotFoundError (most problems are missing files, and callers caught that before) and
+    a ValueError (as a too-short video was). ``problems``: kind -> {video: what is wrong}.
+    """
+
+    def __init__(self, message: str, problems: dict[str, dict[str, str]] | None = None):
+        super().__init__(message)  # (message,) as args, so that it pickles (raised in a worker process)
+        self.problems = problems or {}
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_records` found: the usable videos' counts (``info``), the problems by
+    kind, and the videos that decoded to fewer frames than their container promises."""
+
+    store: FrameStore
+    records: list[VideoRecord]
+    info: dict[str, dict] = field(default_factory=dict)  # video path -> {"frames", "flows", ...}
+    problems: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> {video path: detail}
+    fixes: dict[str, str] = field(default_factory=dict)  # kind -> how to fix it
+    truncated: dict[str, str] = field(default_factory=dict)  # video path -> warning
+
+    @property
+    def usable(self) -> list[VideoRecord]:
+        return [r for r in self.records if r.path in self.info]
+
+    @property
+    def left_out(self) -> dict[str, str]:
+        """video path -> why it cannot be used."""
+        return {video: f"{PROBLEM_TITLES[kind]}: {detail}" for kind, group in self.problems.items()
+                for video, detail in group.items()}
+
+    def __str__(self) -> str:
+        bad = len(self.records) - len(self.info)
+        if not bad:
+            s = f"all {len(self.records)} videos usable ({self.store.describe()})"
+        else:
+            s = f"{bad} of {len(self.records)} videos cannot be used ({self.store.describe()}):"
+        for kind in PROBLEM_KINDS:
+            group = self.problems.get(kind)
+            if not group:
+                continue
+            s += f"\n- {PROBLEM_TITLES[kind]} ({len(group)}): {self.fixes.get(kind, '')}"
+            for video, detail in list(group.items())[:LISTED_PER_KIND]:
+                s += f"\n    {video}: {detail}"
+            if len(group) > LISTED_PER_KIND:
+                s += f"\n    ... and {len(group) - LISTED_PER_KIND} more (all in the error's .problems)"
+        if self.truncated:
+            s += f"\n{len(self.truncated)} video(s) decoded to fewer frames than their container promises (truncated " \
+                 f"files?), used as far as they decode:"
+            for video, why in list(self.truncated.items())[:LISTED_PER_KIND]:
+                s += f"\n    {video}: {why}"
+        return s
+
+    def raise_for_problems(self) -> "DatasetReport":
+        if self.problems:
+            raise DatasetError(str(self), self.problems)
+        return self
+
+
+def check_records(records: Sequence[VideoRecord], store: FrameStore, new_length: int = 1,
+                  check: str = "names") -> DatasetReport:
+    """Check every video of ``records`` in ``store``; returns the report, raising nothing.
+
+    ``check``: ``names`` (every frame and flow file is there: one listing per video), ``sizes``
+    (and has the size recorded when it was written), ``decode`` (and decodes: reads everything).
+    A video with fewer than ``new_length`` flow fields is a problem too (``too_short``).
+    """
+    report = DatasetReport(store, list(records))
+    short = []
+    for record in report.records:
+        status, detail = store.inspect(record, check)
+        if status == "ok" and detail["flows"] < new_length:
+            short.append(detail["flows"])
+            status, detail = "too_short", f"{detail['flows']} flow fields < new_length={new_length}"
+        if status == "ok":
+            report.info[record.path] = detail
+            if detail.get("truncated"):
+                t = detail["truncated"]
+                report.truncated[record.path] = f"decoded {t['decoded']} of the {t['container']} frames its " \
+                                                f"container promises"
+        else:
+            report.problems.setdefault(status, {})[record.path] = detail
+    report.fixes = {kind: store.fix(kind) for kind in report.problems}
+    if short:
+        report.fixes["too_short"] = f"use a smaller new_length (the shortest of these has {min(short)} flow fields)"
+    if len(report.problems.get("missing_video", ())) == len(report.records) and isinstance(store, FusionkitCache):
+        report.fixes["missing_video"] += f". None of the videos is there: {_layout_hint(store.videos_root)}"
+    return report
+
+
+def _layout_hint(root) -> str:
+    try:
+        found = find_videos(root)
+    except FileNotFoundError as e:  # VideoLayoutError says what the root holds instead
+        return str(e)
+    return f"{root} holds {len(found)} videos in <Class>/<video> folders (e.g. {found[0]}), named unlike the split file"
+
+
+def check_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.PathLike | FrameStore, split: int = 1,
+                  subsets: Sequence[str] = ("train", "test"), new_length: int = 1, check: str = "sizes",
+                  annotations=None) -> DatasetReport:
+    """Check a whole dataset before training on it: its split file(s), videos and frame/flow cache.
+
+    Raises one :class:`DatasetError` listing every problem, grouped by kind (listed in the split
+    file but absent from ``root``; extraction FAILED, and why; not extracted; damaged cache folder;
+    shorter than ``new_length``), each video named and each kind with its fix. Returns the report
+    (with any truncated videos) when everything is usable. ``check`` as in :func:`check_records`;
+    the default ``sizes`` stats every file, ``decode`` reads them all.
+    """
+    s = load_split(dataset, root, split, annotations)
+    records = [r for subset in subsets for r in getattr(s, subset)]
+    store = cache_root if isinstance(cache_root, FrameStore) else FusionkitCache(cache_root, root)
+    return check_records(records, store, new_length, check).raise_for_problems()
+
+
 class TwoStreamDataset(Dataset):
     """Paired RGB / flow snippets of videos whose frames and flow are in a cache written by
-    ``fusionkit extract-flow`` (``<cache>/<video_id>/img_*.jpg, flow_x_*.jpg, flow_y_*.jpg``).
+    ``fusionkit extract-flow`` (``<cache>/<video_id>/img_*.jpg, flow_x_*.jpg, flow_y_*.jpg``), or in
+    another :class:`~fusionkit.data.stores.FrameStore` (MMAction2 rawframes, twostreamfusion's u/v).
 
     Args:
         records: the videos (``VideoRecord(path, label)``), e.g. ``load_split(...).train``.
-        cache_root: the extract-flow output folder.
+        cache_root: the extract-flow output folder, or a FrameStore.
         num_segments: T, snippets per video (TSN uses 3 in training, 25 in testing).
         new_length: L, flow fields per snippet; the flow tower takes 2L channels.
         train: random snippet per segment (True) or evenly spaced centres (False).
         transform: a paired transform; default :func:`train_transform` / :func:`eval_transform`
             at the cached frame size (no flips: pass one with ``flip=True`` where labels allow).
+        flow_bound: the quantisation bound of an extract-flow cache (a FrameStore has its own).
         in_memory: keep each video's decoded frames and flow after its first read. Training reads
             every video once per epoch, and decoding its JPEGs again each time is a visible share of a
             small tower's step (benchmarks/training_throughput.py, 64x64 puzzle, batch 8: 63 ms waiting
             on the loader per batch from disk, 22 ms in memory, against ~270 ms of model); UCF-101 does not
             fit in memory (leave it False there).
+        root: the video root, for messages that tell a video missing from it from one not extracted,
+            and name the command that fixes them (default: the root extract-flow recorded).
+        skip_bad: leave out the videos that cannot be used (warning with a summary; ``left_out``
+            says why each) instead of raising :class:`DatasetError` listing them.
+        check: how closely the videos are checked first: ``names`` (default: every file is there),
+            ``sizes`` or ``decode`` (see :func:`check_records`). A file damaged later raises an error
+            naming the video and the command that repairs it when it is read.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], cache_root: str | os.PathLike, num_segments: int = 3,
-                 new_length: int = 5, train: bool = True, transform: PairedTransform | None = None,
-                 flow_bound: float = FLOW_BOUND, in_memory: bool = False):
+    def __init__(self, records: Sequence[VideoRecord], cache_root: str | os.PathLike | FrameStore,
+                 num_segments: int = 3, new_length: int = 5, train: bool = True,
+                 transform: PairedTransform | None = None, flow_bound: float = FLOW_BOUND, in_memory: bool = False,
+                 root: str | os.PathLike | None = None, skip_bad: bool = False, check: str = "names"):
         if num_segments < 1 or new_length < 1:
             raise ValueError(f"num_segments and new_length must be >= 1, got {num_segments}, {new_length}")
-        self.records = list(records)
-        self.cache_root = Path(cache_root)
+        self.store = cache_root if isinstance(cache_root, FrameStore) else FusionkitCache(cache_root, root, flow_bound)
+        self.cache_root = self.store.root
         self.num_segments, self.new_length, self.train = num_segments, new_length, train
-        self.flow_bound = flow_bound
+        self.flow_bound = self.store.bound
         self.in_memory = in_memory
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # index -> (all frames, all flow)
-        missing = [r.video_id for r in self.records if not (self.cache_root / r.video_id / "meta.json").is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self.records)} videos have no extracted frames/flow under {self.cache_root} "
-                f"(first: {missing[:3]}). Run `fusionkit extract-flow --root <videos> --out {self.cache_root}`.")
-        self.meta = [read_cache_meta(self.cache_root / r.video_id) for r in self.records]
-        short = [r.video_id for r, m in zip(self.records, self.meta) if m["flows"] < new_length]
-        if short:
-            raise ValueError(f"{len(short)} videos have fewer than new_length={new_length} flow fields "
-                             f"(first: {short[:3]}); use a smaller new_length")
+        self.report = check_records(records, self.store, new_length, check)
+        if not (skip_bad and self.report.info):
+            self.report.raise_for_problems()
+        self.left_out = self.report.left_out  # video path -> why it was left out (skip_bad)
+        if self.left_out:
+            warnings.warn(f"left out {len(self.left_out)} of {len(self.report.records)} videos that cannot be used "
+                          f"(skip_bad=True; see .left_out):\n{self.report}", RuntimeWarning, stacklevel=2)
+        elif self.report.truncated:
+            warnings.warn(str(self.report), RuntimeWarning, stacklevel=2)
+        self.records = self.report.usable
+        self.meta = [self.report.info[r.path] for r in self.records]
         if transform is None:
-            size = min(self.meta[0]["height"], self.meta[0]["width"]) if self.meta else 224
+            size = min(self._frame_size()) if self.meta else 224
             transform = train_transform(size, flip=False) if train else eval_transform(size)
         self.transform = transform
+
+    def _frame_size(self) -> tuple[int, int]:
+        meta = self.meta[0]
+        if "height" in meta and "width" in meta:
+            return meta["height"], meta["width"]
+        return self.store.load_frames(self.records[0].video_id, [0]).shape[1:3]  # stores without a meta file
+
+    def summary(self) -> str:
+        """The videos used, those left out and why, and any truncated ones."""
+        return f"{len(self.records)} videos; {self.report}"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,20 +251,26 @@ class TwoStreamDataset(Dataset):
         num_starts = self.meta[index]["flows"] - self.new_length + 1
         return segment_starts(num_starts, self.num_segments, self.train)
 
+    def _load(self, index: int, frame_idx, flow_idx) -> tuple[np.ndarray, np.ndarray]:
+        video = self.records[index].video_id
+        try:
+            return self.store.load_frames(video, frame_idx), self.store.load_flow(video, flow_idx)
+        except CacheEntryError as e:  # damaged since the check: name the video and the repair
+            raise CacheEntryError(f"video {self.records[index].path}: {e}. To repair: "
+                                  f"{self.store.fix('broken')}") from e
+
     def __getitem__(self, index: int) -> dict:
-        record, entry = self.records[index], self.cache_root / self.records[index].video_id
+        record = self.records[index]
         starts = self.snippet_starts(index)
         flow_idx = [t + k for t in starts for k in range(self.new_length)]
         if self.in_memory:
             if index not in self._decoded:
                 meta = self.meta[index]
-                self._decoded[index] = (load_cached_frames(entry, range(meta["frames"])),
-                                        load_cached_flow(entry, range(meta["flows"]), self.flow_bound))
+                self._decoded[index] = self._load(index, range(meta["frames"]), range(meta["flows"]))
             all_frames, all_flow = self._decoded[index]
             frames, flow = all_frames[starts], all_flow[flow_idx]
         else:
-            frames = load_cached_frames(entry, starts)  # [T, H, W, 3] uint8
-            flow = load_cached_flow(entry, flow_idx, self.flow_bound)  # [T*L, H, W, 2] px
+            frames, flow = self._load(index, starts, flow_idx)  # [T, H, W, 3] uint8, [T*L, H, W, 2] px
         t, h, w = len(starts), flow.shape[1], flow.shape[2]
         # [T*L, H, W, 2] -> [T, L, 2, H, W] -> [T, 2L, H, W]: channels x1, y1, x2, y2, ...
         flow_t = torch.from_numpy(flow).view(t, self.new_length, h, w, 2).permute(0, 1, 4, 2, 3).reshape(t, -1, h, w)
@@ -146,4 +308,5 @@ def build_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.Pa
             size = input_size or 224
             kwargs["transform"] = (train_transform(size, flip=True) if train
                                    else eval_transform(size, short_side=size * 256 // 224, ten_crop=ten_crop))
+    kwargs.setdefault("root", root)
     return TwoStreamDataset(getattr(s, subset), cache_root, train=train, **kwargs)

@@ -376,8 +376,11 @@ def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30
     the first ``test_groups`` groups are the test set, default about 30% of them) and
     ``puzzle.json`` with the parameters. Deterministic given ``seed``.
     """
+    from fusionkit.data.parallel import check_not_bootstrapping, run_jobs
     from fusionkit.data.splits import write_ucf101_split
 
+    if workers > 1:
+        check_not_bootstrapping("make_puzzles")
     p = get_puzzle(puzzle)
     out = Path(out)
     n_groups = math.ceil(videos_per_class / clips_per_group)
@@ -388,9 +391,8 @@ def make_puzzles(puzzle: str, out: str | os.PathLike, videos_per_class: int = 30
                          f"Use more videos per class or fewer clips per group.")
     jobs = [(puzzle, str(out), label, i, frames, size, seed, clips_per_group, fps)
             for label in range(len(p.classes)) for i in range(videos_per_class)]
-    from fusionkit.data.parallel import run_jobs
-
-    rels = run_jobs(_render_and_write, jobs, workers=workers, desc=f"puzzle {puzzle}", progress=progress)
+    rels = run_jobs(_render_and_write, jobs, workers=workers, desc=f"puzzle {puzzle}", progress=progress,
+                    name="make_puzzles")
     samples = [(rel, job[2]) for rel, job in zip(rels, jobs)]
     is_test = [int(rel.rsplit("_g", 1)[1][:2]) <= test_groups for rel, _ in samples]
     write_ucf101_split(out, p.classes, samples, is_test, split=1)
@@ -424,7 +426,10 @@ def prepare_puzzle(name: str, data_dir: str | os.PathLike = "data", backend: str
     Both steps resume where a killed run stopped.
     """
     from fusionkit.data.flow import extract_flow
+    from fusionkit.data.parallel import check_not_bootstrapping
 
+    if workers > 1:  # before anything else: in a worker importing an unguarded script, stop at once
+        check_not_bootstrapping("prepare_puzzle")
     key = f"{name}_v{RENDER_VERSION}_n{videos_per_class}_f{frames}_s{size}_seed{seed}"
     root = Path(data_dir) / "puzzles" / key
     cache = Path(data_dir) / "flow" / backend / key

@@ -120,6 +120,32 @@ def count_frames(path: str | os.PathLike, backend: str = "auto") -> int:
     return len(read_video(path, backend=backend))
 
 
+def container_frame_count(path: str | os.PathLike) -> int | None:
+    """The number of frames the file's header promises (AVI's frame count, MP4's sample count), or
+    None where the container does not say (often MKV / WebM) or PyAV cannot open it.
+
+    A file cut short (an interrupted download or copy) keeps its header, so it decodes to fewer
+    frames than this: decord and PyAV both stop quietly at the cut (tests/test_data_hardening_*).
+    """
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            frames = container.streams.video[0].frames if container.streams.video else 0
+    except Exception:  # no PyAV, or a file it cannot open: read_video reports those
+        return None
+    return int(frames) or None
+
+
+def truncation_warning(path: str | os.PathLike, decoded: int, promised: int | None) -> str | None:
+    """A message when a video decoded to fewer frames than its container promises, else None."""
+    if promised is None or decoded >= promised:
+        return None
+    return (f"{path}: decoded {decoded} of the {promised} frames its container promises; the file looks truncated "
+            f"(an interrupted download or copy?). Re-download it, or re-encode what is left "
+            f"(`ffmpeg -i in.avi -c:v mpeg4 -q:v 2 out.avi`) to silence this.")
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, codec: str = "mpeg4") -> None:
     """Write ``[N, H, W, 3]`` uint8 RGB frames with PyAV (default MPEG-4 Part 2 in AVI, like UCF-101's
     XviD files), at near-lossless quality, atomically (temporary file, then rename)."""
