@@ -1,6 +1,6 @@
 """CMA attention: PyTorch's scaled_dot_product_attention (SDPA) against an explicit QK^T softmax, in time and peak memory.
 
-What it measures. :meth:`fusionkit.fusion.cma.CrossModalityAttention.attend` (Eq. 1 of Chi et al.,
+What it measures. :meth:`fusionkit.methods.cma.CrossModalityAttention.attend` (Eq. 1 of Chi et al.,
 "Two-Stream Video Classification with Cross-Modality Attention", ICCV-W 2019) is the attention
 step of a CMA unit: q = theta(x), k = phi(pool(y)), v = g(pool(y)) (1x1 convs, keys/values
 max-pooled 2x2 with stride 2, 1x2x2 on 3D maps), then
@@ -83,9 +83,9 @@ from pathlib import Path
 import torch
 
 from fusionkit.data.atomic import atomic_write_text
-from fusionkit.fusion.base import conv1x1
-from fusionkit.fusion.cma import CrossModalityAttention, _pool_space
-from fusionkit.machine import machine_description
+from fusionkit.fusion import conv1x1
+from fusionkit.methods.cma import CrossModalityAttention, _pool_space
+from fusionkit.lab.machine import machine_description
 
 RESULTS = Path(__file__).parent / "results" / "cma_attention.json"
 IMPLEMENTATIONS = ("sdpa", "naive")

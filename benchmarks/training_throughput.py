@@ -1,17 +1,17 @@
 """Training throughput: clips/s per fusion method, and a step's time split between data loading and the model.
 
-1. Methods. One training step as :meth:`fusionkit.train.Trainer.train_epoch` takes it (forward
-   under the Trainer's autocast, the method's objective from ``fusionkit.train.SCHEDULES``, the
+1. Methods. One training step as :meth:`fusionkit.training.trainer.Trainer.train_epoch` takes it (forward
+   under the Trainer's autocast, the method's objective from ``fusionkit.training.schedules.SCHEDULES``, the
    finite-loss check, backward, optimizer step) on batches already in memory on the device, so only
-   the model counts: late fusion, spatial conv fusion, temporal 3D conv fusion, CMMP, CCS and CMA
-   (the bench entries of :mod:`fusionkit.bench`, their model options included). CMA steps train the
+   the model counts: late fusion, spatial conv fusion, conv_fusion (3D conv fusion), CMMP, CCS and CMA
+   (the bench entries of :mod:`fusionkit.lab.bench`, their model options included). CMA steps train the
    RGB branch with the flow branch frozen, as its first iteration does. Always on CPU at puzzle
    size (tiny backbone, 64x64, T=3 segments, L=5, batch 8); where CUDA is used also at 224x224 with
    ResNet-50 towers (random weights), bf16 autocast and channels_last, as the Trainer runs on a GPU.
    clips/s = batch / median step time, the methods taking turns step by step; ``vs_late`` is each
    method's clips/s over late fusion's in the same run.
-2. Loader vs model. A rendered ``registration`` puzzle (as :func:`fusionkit.experiments.puzzle_datasets`
-   prepares it), the late-fusion model, the Trainer's own loader (:func:`fusionkit.train.make_loader`,
+2. Loader vs model. A rendered ``registration`` puzzle (as :func:`fusionkit.lab.experiments.puzzle_datasets`
+   prepares it), the late-fusion model, the Trainer's own loader (:func:`fusionkit.training.runtime.make_loader`,
    a fresh one each epoch): seconds per batch spent waiting for the next batch vs in
    device copy + forward + backward + step, for ``in_memory`` False / True and ``num_workers`` 0 / 2,
    measured on an epoch that follows a loading-only one (:func:`loader_model_split`).
@@ -33,23 +33,25 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from fusionkit.bench import BENCH_ENTRIES
+from fusionkit.lab.bench import BENCH_ENTRIES
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import build_dataset
 from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
-from fusionkit.methods import get_method
-from fusionkit.models.two_stream import build_model
-from fusionkit.machine import machine_description
-from fusionkit.train import SCHEDULES, TrainConfig, _autocast, _to_device, make_loader, make_optimizer
+from fusionkit.methods import build_model, get_method
+from fusionkit.lab.machine import machine_description
+from fusionkit.training.schedules import SCHEDULES, make_optimizer
+from fusionkit.training.trainer import TrainConfig
+from fusionkit.training.runtime import autocast, to_device, make_loader
 
 RESULTS = Path(__file__).parent / "results" / "training_throughput.json"
-# bench entry -> what the row is (fusionkit.bench registers each with its model options)
+# bench entry -> what the row is (fusionkit.lab.bench registers each with its model options)
 METHODS = {"late": "late fusion (two towers, scores averaged)",
-           "conv": "spatial conv fusion after the last stage (Feichtenhofer Eq. 3-4)",
-           "conv3d": "temporal fusion: 3D conv + 3D pool over the segments (Feichtenhofer Sec. 3.3)",
+           "spatial(fusion=conv)": "spatial conv fusion after the last stage (Feichtenhofer Eq. 3-4)",
+           "conv_fusion": "spatiotemporal fusion: 3D conv + 3D pool over the segments (Feichtenhofer Sec. 3.3-3.4)",
            "cmmp": "CMMP: LSTM messages, adversarial objective (Wang et al.)",
-           "ccs": "CCS: connection block, CE + triplet + embedding losses (Zhang et al.)",
-           "cma": "CMA: cross-modality attention, RGB branch trained, flow branch frozen (Chi et al.)"}
+           "ccs(embedding_dim=64)": "CCS: connection block, CE + triplet + embedding losses (Zhang et al.)",
+           "cma(position_frequencies=3)": "CMA: cross-modality attention, RGB branch trained, flow branch frozen "
+                                          "(Chi et al.)"}
 NUM_CLASSES = 4
 
 
@@ -59,14 +61,14 @@ def sync(device: torch.device) -> None:
 
 
 def build_method(name: str, backbone: str, new_length: int, device: torch.device):
-    """(model, objective, optimizer, method name, schedule) of a bench entry, on ``device`` as the
-    Trainer puts it there (channels_last on CUDA)."""
+    """(model, objective, optimizer, method) of a bench entry, on ``device`` as the Trainer puts it
+    there (channels_last on CUDA)."""
     entry = BENCH_ENTRIES.lookup(name)
     method = get_method(entry.method)
     config = TrainConfig(schedule=method.schedule, **method.train_defaults)
     torch.manual_seed(0)
-    model = build_model(method.model, NUM_CLASSES, backbone=backbone, new_length=new_length, pretrained=False,
-                        **{**method.model_defaults, **entry.options})
+    model = build_model(entry.method, NUM_CLASSES, backbone=backbone, new_length=new_length, pretrained=False,
+                        **entry.options)
     if method.schedule == "alternate":  # the objective trains one branch: freeze the other, as the Trainer does
         model.train_branch(config.first_branch)
     model.to(device)
@@ -77,8 +79,8 @@ def build_method(name: str, backbone: str, new_length: int, device: torch.device
 
 def train_step(model, objective, optimizer, batch: dict, device: torch.device) -> None:
     """One step of Trainer.train_epoch, without its bookkeeping of losses and accuracies."""
-    batch = _to_device(batch, device)
-    with _autocast(device):
+    batch = to_device(batch, device)
+    with autocast(device):
         out = model(batch["rgb"], batch["flow"])
         losses = objective(out, batch["label"])
     loss = sum(losses.values())
@@ -100,7 +102,7 @@ def method_throughput(names: list[str], backbone: str, size: int, segments: int,
     data = {"rgb": torch.rand(batch, segments, 3, size, size, generator=g),
             "flow": torch.randn(batch, segments, 2 * new_length, size, size, generator=g),
             "label": torch.arange(batch) % NUM_CLASSES}  # every class twice in a batch of 8: CCS has positives
-    data = _to_device(data, device)
+    data = to_device(data, device)
     built = {name: build_method(name, backbone, new_length, device) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + steps):
@@ -113,7 +115,7 @@ def method_throughput(names: list[str], backbone: str, size: int, segments: int,
     rows = {}
     for name, (model, _, _, method) in built.items():
         median = statistics.median(times[name])
-        rows[name] = {"what": METHODS.get(name, name), "method": method.name, "model": method.model,
+        rows[name] = {"what": METHODS.get(name, name), "method": method.name, "options": BENCH_ENTRIES[name].options,
                       "schedule": method.schedule, "clips_per_s": batch / median, "step_ms_median": 1e3 * median,
                       "step_ms": [round(1e3 * t, 2) for t in times[name]],
                       "trainable_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
@@ -121,7 +123,7 @@ def method_throughput(names: list[str], backbone: str, size: int, segments: int,
         for row in rows.values():
             row["vs_late"] = row["clips_per_s"] / rows["late"]["clips_per_s"]
     for name, row in rows.items():
-        print(f"  {name:7s} {row['clips_per_s']:9.1f} clips/s  ({row['step_ms_median']:.1f} ms/step, "
+        print(f"  {name:27s} {row['clips_per_s']:9.1f} clips/s  ({row['step_ms_median']:.1f} ms/step, "
               f"{row.get('vs_late', float('nan')):.2f}x late)", flush=True)
     return rows
 
@@ -130,7 +132,7 @@ def cuda_peak_memory(names: list[str], backbone: str, size: int, segments: int, 
                      device: torch.device) -> dict[str, float]:
     """GiB of CUDA memory a training step of each method peaks at (its model alone on the GPU)."""
     g = torch.Generator().manual_seed(0)
-    data = _to_device({"rgb": torch.rand(batch, segments, 3, size, size, generator=g),
+    data = to_device({"rgb": torch.rand(batch, segments, 3, size, size, generator=g),
                        "flow": torch.randn(batch, segments, 2 * new_length, size, size, generator=g),
                        "label": torch.arange(batch) % NUM_CLASSES}, device)
     peaks = {}
@@ -193,7 +195,7 @@ def puzzle_train_sets(data_dir: Path, videos_per_class: int, frames: int, size: 
                       new_length: int) -> tuple[Callable[[bool], Dataset], dict]:
     """A maker of the registration puzzle's training set, decoded from the JPEG cache at every read
     (``in_memory=False``) or kept in memory after the first (True), the puzzle rendered and its flow
-    extracted first if need be (what :func:`fusionkit.experiments.puzzle_datasets` does)."""
+    extracted first if need be (what :func:`fusionkit.lab.experiments.puzzle_datasets` does)."""
     root, cache = prepare_puzzle("registration", data_dir, videos_per_class=videos_per_class, frames=frames,
                                  size=size, progress=False)
 

@@ -1,7 +1,13 @@
-"""The ``fusionkit`` command."""
+"""fusionkit: two-stream (RGB + optical flow) action recognition, from videos to fused predictions.
+
+Typical use: ``fusionkit make-puzzles`` or your own videos in the UCF-101 / HMDB-51 layout,
+``fusionkit extract-flow``, ``fusionkit train --method NAME [--option KEY=VALUE ...]``,
+``fusionkit evaluate RUN``. ``fusionkit methods`` lists the methods and their options.
+"""
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 
 
@@ -31,7 +37,7 @@ def _dataset_paths(args) -> tuple[str, str]:
         from fusionkit.data.puzzles import prepare_puzzle
 
         root, cache = prepare_puzzle(args.dataset.split(":", 1)[1], args.root or "data", backend=args.flow_backend,
-                                     workers=args.workers, progress=not args.quiet)
+                                     workers=args.flow_workers, progress=not args.quiet)
         return str(root), str(cache)
     if not args.root or not args.flow_root:
         raise ValueError(f"--dataset {args.dataset} needs --root (the videos and split files) and --flow-root "
@@ -41,10 +47,10 @@ def _dataset_paths(args) -> tuple[str, str]:
 
 def _train(args) -> int:
     """Also under ``torchrun --nproc_per_node N -m fusionkit.cli train ...`` (one process per GPU;
-    see :class:`fusionkit.train.Trainer`): the processes join their group first, so that rank 0
+    see :class:`fusionkit.training.trainer.Trainer`): the processes join their group first, so that rank 0
     alone prepares the data and reports, and leave it at the end."""
-    from fusionkit import distributed
-    from fusionkit.train import resolve_device
+    from fusionkit.training import distributed
+    from fusionkit.training.runtime import resolve_device
 
     distributed.init_distributed(resolve_device(args.device))  # nothing to do outside torchrun
     try:
@@ -55,11 +61,12 @@ def _train(args) -> int:
 
 def _train_in_group(args, main_process: bool) -> int:
     from fusionkit.data.dataset import build_dataset
-    from fusionkit.distributed import main_process_first
+    from fusionkit.training.distributed import main_process_first
     from fusionkit.methods import run_method
-    from fusionkit.train import TrainConfig
+    from fusionkit.training.trainer import TrainConfig
 
     args.quiet = args.quiet or not main_process  # one set of progress bars, rank 0's
+    options = _method_options(args.method, args.option or [])  # refused before any data is prepared
     with main_process_first():  # puzzles are rendered and their flow extracted once, not by every process
         root, cache = _dataset_paths(args)
     common = dict(split=args.split, new_length=args.new_length, input_size=args.input_size)
@@ -70,17 +77,90 @@ def _train_in_group(args, main_process: bool) -> int:
     classes = load_split(args.dataset, root, args.split).classes
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
-                         device=args.device, num_workers=args.workers, progress=not args.quiet,
+                         device=args.device, num_workers=args.loader_workers, progress=not args.quiet,
                          iterations=args.iterations)
     if main_process:
         _write_dataset_info(args, root, cache, classes)
-    _, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
-                                     config=config, out_dir=args.out, resume=args.resume,
-                                     pretrained=args.pretrained)
+    model, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
+                                         config=config, out_dir=args.out, resume=args.resume,
+                                         pretrained=args.pretrained, **options)
     if main_process:
-        for name, m in metrics.items():
-            print(f"{name:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+        _print_metrics({"metrics": metrics, "roles": model.output_roles()})
         print(f"run saved to {args.out}")
+    return 0
+
+
+def parse_option(text: str, annotation) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value), the value read by the option's type: ``true``/``false`` for
+    booleans, numbers, ``none``, Python literals for lists and dicts (``fusion_options={'scale': 1.0}``),
+    else the text itself (block names, positions such as ``stage2.1``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--option {text!r}: expected KEY=VALUE, e.g. --option fusion=bilinear --option position=stage2")
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if value.lower() in ("none", "null"):
+        return key, None
+    if kind.startswith("bool"):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--option {key}: expected true or false, got {value!r}")
+        return key, value.lower() in ("true", "1", "yes")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+    if kind.startswith("str") and not isinstance(parsed, (list, tuple, dict)):
+        return key, value  # a name that happens to look like a number stays a name
+    return key, parsed
+
+
+def _method_options(method: str, texts: list[str]) -> dict:
+    """The ``--option`` values for ``method``, each parsed by its type; every unknown one is refused
+    at once with the valid ones."""
+    from fusionkit.methods import get_method, list_methods, method_options
+
+    if method not in list_methods():
+        raise ValueError(f"unknown method {method!r}; the methods are {', '.join(list_methods())} "
+                         f"(`fusionkit methods` describes them)")
+    get_method(method)
+    valid = method_options(method)
+    parsed = dict(parse_option(t, valid[t.partition("=")[0]].annotation if t.partition("=")[0] in valid else "str")
+                  for t in texts)
+    unknown = sorted(set(parsed) - set(valid))
+    if unknown:
+        raise ValueError(f"method {method!r} has no option {', '.join(unknown)}; its options are "
+                         f"{', '.join(sorted(valid))} (`fusionkit methods {method}` gives their types and defaults)")
+    flagged = sorted(set(parsed) & set(_OPTION_FLAGS))
+    if flagged:  # run_method gets these from the flags (new_length from the dataset built with it)
+        raise ValueError(f"give {', '.join(f'--{_OPTION_FLAGS[k]}' for k in flagged)} instead of "
+                         f"{', '.join(f'--option {k}=...' for k in flagged)}")
+    return parsed
+
+
+# options that `fusionkit train` sets from flags of its own
+_OPTION_FLAGS = {"backbone": "backbone", "pretrained": "pretrained", "new_length": "new-length"}
+
+
+def _print_metrics(report: dict) -> None:
+    roles = {name: role for role, name in report.get("roles", {}).items()}
+    for name, m in report["metrics"].items():
+        role = f" ({roles[name]})" if name in roles else ""
+        print(f"{name + role:>24s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+
+
+def _methods(args) -> int:
+    from fusionkit.methods import get_method, list_methods, method_options
+
+    names = args.names or list_methods()
+    unknown = [n for n in names if n not in list_methods()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; the methods are {', '.join(list_methods())}")
+    for name in names:
+        m = get_method(name)
+        print(f"{name}  [schedule {m.schedule}{', from ' + m.pretrain if m.pretrain else ''}]\n    {m.summary}")
+        if args.names:  # one method asked for: every option
+            print(f"    {m.description}")
+            for option in method_options(name).values():
+                print(f"      --option {option.describe()}  ({option.kind})")
     return 0
 
 
@@ -102,31 +182,25 @@ def _evaluate(args) -> int:
 
     from fusionkit.data.atomic import atomic_write_text
     from fusionkit.data.dataset import build_dataset
-    from fusionkit.evaluate import classification_metrics, fusion_weight_sweep, predict
     from fusionkit.methods import load_run
+    from fusionkit.training.evaluate import evaluation_report
 
     run = Path(args.run_dir)
     model, info = load_run(run)
     test_set = build_dataset(info["dataset"], info["root"], info["flow_root"], "test", split=info["split"],
                              num_segments=args.segments, new_length=info["new_length"],
                              input_size=info["input_size"], ten_crop=args.ten_crop)
-    scores = predict(model, test_set, batch_size=args.batch_size, device=args.device)
-    result = {"segments": args.segments, "ten_crop": args.ten_crop,
-              "metrics": {k: classification_metrics(p, scores.labels) for k, p in scores.probs.items()},
-              "fusion_weight_sweep": None}
-    rgb_name, flow_name, _ = model.output_names()  # the two classifiers' outputs (e.g. rgb/flow, cma-R/cma-F)
-    if rgb_name in scores.probs and flow_name in scores.probs:
-        result["fusion_weight_sweep"] = fusion_weight_sweep(scores, rgb=rgb_name, flow=flow_name)
+    result = evaluation_report(model, test_set, batch_size=args.batch_size, device=args.device,
+                               ten_crop=args.ten_crop)
     name = f"eval_{args.segments}seg{'_10crop' if args.ten_crop else ''}.json"
     atomic_write_text(run / name, json.dumps(result, indent=1))
-    for k, m in result["metrics"].items():
-        print(f"{k:>8s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+    _print_metrics(result)
     print(f"wrote {run / name}")
     return 0
 
 
 def _run_notebooks(args) -> int:
-    from fusionkit.run_notebooks import run_notebooks
+    from fusionkit.lab.run_notebooks import run_notebooks
 
     done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers)
     print(f"executed {len(done)} notebooks into {args.out}")
@@ -136,7 +210,7 @@ def _run_notebooks(args) -> int:
 def _bench(args) -> int:
     from dataclasses import replace
 
-    from fusionkit.bench import DEFAULT_ENTRIES, QUICK, TEACHING, markdown_table, run_benchmark, write_benchmark
+    from fusionkit.lab.bench import DEFAULT_ENTRIES, QUICK, TEACHING, markdown_table, run_benchmark, write_benchmark
 
     settings = QUICK if args.quick else TEACHING
     overrides = {k: v for k, v in (("puzzles", tuple(args.puzzles or ()) or None),
@@ -156,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionkit.data.flow import FLOW_BACKENDS
     from fusionkit.data.puzzles import PUZZLES
 
-    parser = argparse.ArgumentParser(prog="fusionkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fusionkit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-puzzles", help="render a two-stream puzzle as a UCF-101-style dataset")
@@ -186,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=int, default=1)
     # (method and backbone names are checked by the registries, which list the choices: importing
     # them here would load torch for every command)
-    p.add_argument("--method", default="late", help="a registered method (fusionkit.methods.METHODS)")
+    p.add_argument("--method", default="late",
+                   help="late, spatial, conv_fusion, cmmp, ccs, cma, nonlocal, or a registered plugin (`fusionkit methods`)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a method option, repeatable: --option fusion=bilinear --option position=stage2 "
+                        "(`fusionkit methods NAME` lists them with types and defaults)")
     p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny, resnet18, resnet50, vgg16, r3d_18, r2plus1d_18, ...")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloaded once, if online)")
     p.add_argument("--epochs", type=int, default=10)
@@ -203,11 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="crop size (default: puzzle size, or 224)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--flow-workers", type=int, default=2, help="puzzles: processes extracting flow")
+    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--out", required=True, help="run folder: checkpoint, history, evaluation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("methods", help="list the methods, or one method's options with their types and defaults")
+    p.add_argument("names", nargs="*", help="methods to describe in full (default: one line for each)")
+    p.set_defaults(func=_methods)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run: per-stream and fused accuracy, weight sweep")
     p.add_argument("run_dir")
@@ -217,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_evaluate)
 
-    from fusionkit.run_notebooks import PROJECT_ROOT
+    from fusionkit.lab.run_notebooks import PROJECT_ROOT
 
     p = sub.add_parser("run-notebooks", help="build the puzzles and their flow, then execute every notebook with papermill")
     p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"))
@@ -229,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train every fusion method on every puzzle over seeds: table + heatmap")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, three puzzles (seconds per job)")
-    p.add_argument("--methods", nargs="+", help="benchmark entries (default: late sum conv conv3d cmmp ccs cma)")
+    p.add_argument("--methods", nargs="+", help="benchmark entries (default: late spatial(fusion=sum) spatial(fusion=conv) conv_fusion cmmp "
+                        "ccs(embedding_dim=64) cma(position_frequencies=3)); a registered block's name is its spatial(fusion=NAME) row")
     p.add_argument("--blocks", nargs="+", help="registered fusion blocks to add as spatial-fusion rows")
     p.add_argument("--plugins", nargs="+", help="modules or .py files to import first (they register your blocks)")
     p.add_argument("--puzzles", nargs="+", choices=sorted(PUZZLES))
@@ -244,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_bench)
 
-    from fusionkit.assignments.commands import add_assignment_parser
+    from fusionkit.lab.assignments.commands import add_assignment_parser
 
     add_assignment_parser(sub)
     return parser

@@ -1,4 +1,8 @@
-"""Fusion blocks: the base class every fusion method subclasses, and the string registry.
+"""The fusion-block contract: the base class every fusion block subclasses, and the string registry.
+
+The blocks themselves live with their papers (:mod:`fusionkit.methods`): sum/max/concat/conv/
+bilinear and the temporal blocks in :mod:`fusionkit.methods.conv_fusion`, ``cmmp``, ``ccs``,
+``cma``/``nonlocal`` in their modules. Reading the registry imports them (its provider).
 
 A fusion block sits between two stages of the two towers and maps the pair of feature maps
 ``(rgb, flow)`` to a new pair (``[N, C, H, W]``, or ``[N, C, T, H, W]`` for 3D blocks). A block
@@ -23,7 +27,7 @@ from torch import nn
 
 from fusionkit.registry import Registry
 
-FUSIONS = Registry("fusion block")
+FUSIONS = Registry("fusion block", provider="fusionkit.methods")
 
 
 def register_fusion(name: str):

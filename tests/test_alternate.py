@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from fusionkit.fusion import FusionChain, build_fusion
-from fusionkit.methods import get_method, initialise_from
-from fusionkit.models.two_stream import build_model
-from fusionkit.train import CHECKPOINT, TrainConfig, Trainer, alternate_branches
+from fusionkit.methods import get_method
+from fusionkit.methods.recipe import initialise_from
+from fusionkit.methods import build_model
+from fusionkit.training.trainer import CHECKPOINT, TrainConfig, Trainer
+from fusionkit.training.schedules import alternate_branches
 from tests.helpers import SyntheticTwoStream
 
 CFG = dict(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=0.0, progress=False,
@@ -112,7 +114,7 @@ def test_the_cma_method_starts_from_a_separately_trained_flow_branch_only():
 
 def test_cma_behind_nonlocal_chain():
     """Table 4's "CMA + non-local": a non-local block in the RGB branch, then a CMA block, at each position."""
-    model = _cma(block=("nonlocal", "cma"), block_kwargs=({"directions": "rgb"}, {})).eval()
+    model = _cma(fusion=("nonlocal", "cma"), fusion_options=({"directions": "rgb"}, {})).eval()
     chain = model.fusion_blocks["stage1:1"]
     assert isinstance(chain, FusionChain) and chain.fuses_streams
     nonlocal_block, cma_block = chain.blocks
@@ -120,9 +122,11 @@ def test_cma_behind_nonlocal_chain():
     assert chain.branch_modules("rgb") == [nonlocal_block.rgb_attention, cma_block.rgb_attention]
     assert chain.branch_modules("flow") == [cma_block.flow_attention]
     out = model(torch.randn(2, 2, 3, 32, 32), torch.randn(2, 2, 4, 32, 32))
+    # the outputs take the method's name, whichever blocks it chains
+    assert out.roles == {"rgb": "cma-R", "flow": "cma-F", "fused": "cma-S"}
     assert out.heads == ["cma-R", "cma-F"]
     with pytest.raises(ValueError, match="one dict per block"):
-        _cma(block=("nonlocal", "cma"), block_kwargs={})
+        _cma(fusion=("nonlocal", "cma"), fusion_options={})
 
 
 def test_chain_checks_channels_between_its_blocks():

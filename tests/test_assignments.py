@@ -11,14 +11,13 @@ import torch
 from torch import nn
 
 from fusionkit import cli
-from fusionkit.assignments import CHECKS, CheckReport, TrainingCheck, check_block, register_check
-from fusionkit.assignments.check import CheckFailed
-from fusionkit.assignments.notebooks import (ASSIGNMENTS_DIR, AssignmentError, grade_notebook, restore_locked_cells,
-                                             validate_source)
+from fusionkit.lab.assignments import CHECKS, CheckReport, TrainingCheck, check_block, register_check
+from fusionkit.lab.assignments.check import CheckFailed
+from fusionkit.lab.assignments.notebooks import (ASSIGNMENTS_DIR, AssignmentError, grade_notebook, restore_locked_cells, validate_source)
 from fusionkit.fusion import FusionBlock, register_fusion
-from fusionkit.fusion.base import conv1x1
-from fusionkit.models.two_stream import build_model
-from fusionkit.train import TrainConfig, Trainer
+from fusionkit.fusion import conv1x1
+from fusionkit.methods import build_model
+from fusionkit.training.trainer import TrainConfig, Trainer
 from tests.helpers import SyntheticTwoStream
 
 ASSIGNMENTS = sorted(ASSIGNMENTS_DIR.glob("*.ipynb"))
@@ -51,7 +50,7 @@ def test_a_block_defined_outside_the_library_is_built_by_name_and_trained():
     before = {k: v.clone() for k, v in block.state_dict().items()}
     history = Trainer(model, SyntheticTwoStream(16, size=16), TrainConfig(epochs=1, batch_size=8, optimizer="adamw",
                                                                          lr=1e-2, progress=False, device="cpu")).fit()
-    assert np.isfinite(history[-1]["loss"]) and set(history[-1]["train"]) == {"test_assignments_gate"}
+    assert np.isfinite(history[-1]["loss"]) and set(history[-1]["train"]) == {"spatial-S"}
     assert any(not torch.equal(before[k], v) for k, v in block.state_dict().items()), "training reaches the block"
     report = check_block("test_assignments_gate", QUICK)
     assert report.passed and report.score == report.max_score, str(report)

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from fusionkit import bench
-from fusionkit.bench import BenchSettings, block_entry, final_output, get_entry, import_plugins, markdown_table
+from fusionkit.lab import bench
+from fusionkit.lab.bench import BenchSettings, block_entry, final_output, get_entry, import_plugins, markdown_table
 from fusionkit.cli import main
-from fusionkit.models.two_stream import build_model
+from fusionkit.methods import build_model
 
 TINY = BenchSettings(puzzles=("conjunction",), seeds=(0,), videos_per_class=4, frames=12, size=32, new_length=3,
                      epochs=1, finetune_epochs=1)
@@ -27,17 +27,23 @@ def test_entries_resolve_registered_blocks_and_reject_unknown_names():
     assert get_entry("cmmp").method == "cmmp"
     entry = get_entry("bilinear")  # a registered fusion block without an entry of its own
     assert entry == block_entry("bilinear") and entry.options["fusion"] == "bilinear" and entry.method == "spatial"
+    assert entry.name == "spatial(fusion=bilinear)" and get_entry("spatial(fusion=bilinear)") == entry
+    # a block with a row of its own gets that row, by either name
+    assert get_entry("sum") is get_entry("spatial(fusion=sum)") is bench.BENCH_ENTRIES["spatial(fusion=sum)"]
+    assert list(bench.DEFAULT_ENTRIES) == ["late", "spatial(fusion=sum)", "spatial(fusion=conv)", "conv_fusion", "cmmp",
+                                           "ccs(embedding_dim=64)", "cma(position_frequencies=3)"]
+    assert all(get_entry(name).name == name for name in bench.DEFAULT_ENTRIES)
     with pytest.raises(KeyError, match="unknown benchmark entry 'nope'.*registered"):
         get_entry("nope")
 
 
 @pytest.mark.parametrize("name, kwargs, expected", [
-    ("late", {}, "late"), ("spatial", {"fusion": "conv"}, "conv"), ("cmmp", {}, "cmmp-S"),
-    ("temporal", {"temporal": "conv3d_pool3d"}, "conv3d_pool3d+"),
-    ("spatial", {"fusion": "sum", "keep_flow_tower": True}, "sum+")])
+    ("late", {}, "late"), ("spatial", {"fusion": "conv"}, "spatial-S"), ("cmmp", {}, "cmmp-S"),
+    ("conv_fusion", {"fusion": "conv3d_pool3d"}, "conv_fusion-S"),
+    ("spatial", {"fusion": "sum", "keep_flow_tower": True}, "spatial-S")])
 def test_final_output_is_what_the_method_predicts_with(name, kwargs, expected):
     model = build_model(name, 4, new_length=2, **kwargs)
-    assert final_output(model) == expected
+    assert final_output(model) == expected == model.output_roles()["fused"]
 
 
 def test_plugins_register_blocks_from_a_file(tmp_path):
@@ -58,15 +64,19 @@ def test_plugins_register_blocks_from_a_file(tmp_path):
 def test_run_benchmark_writes_table_heatmap_and_resumes(tmp_path, monkeypatch):
     kwargs = dict(settings=TINY, data_dir=tmp_path / "data", work_dir=tmp_path / "work", workers=1, device="cpu",
                   progress=False)
-    report = bench.run_benchmark(("sum",), **kwargs)
-    assert list(report["accuracy"]["conjunction"]) == ["late", "sum"]  # late always runs: the others start from it
-    cell = report["accuracy"]["conjunction"]["sum"]
+    report = bench.run_benchmark(("sum",), **kwargs)  # a block's plain name is its row's, spatial(fusion=sum)
+    # late always runs: the others start from it
+    assert list(report["accuracy"]["conjunction"]) == ["late", "spatial(fusion=sum)"]
+    cell = report["accuracy"]["conjunction"]["spatial(fusion=sum)"]
     assert set(cell) == {"mean", "std", "seeds"} and len(cell["seeds"]) == 1 and 0 <= cell["mean"] <= 1
-    assert report["outputs"] == {"late": "late", "sum": "sum"}
+    assert report["outputs"] == {"late": "late", "spatial(fusion=sum)": "spatial-S"}
     paths = bench.write_benchmark(report, results_dir=tmp_path / "results", figures_dir=tmp_path / "figures")
     saved = json.loads(paths["json"].read_text())
-    assert saved["accuracy"]["conjunction"]["sum"] == cell and saved["extra"]["mechanisms"]["sum"]
-    assert "| sum |" in paths["markdown"].read_text() and paths["heatmap"].stat().st_size > 0
+    # a method's default row under accuracy, a row with options of its own under variants, by output name
+    assert saved["accuracy"]["conjunction"] == {"late": report["accuracy"]["conjunction"]["late"]}
+    assert saved["variants"]["spatial(fusion=sum)"]["conjunction"]["spatial-S"] == cell
+    assert saved["extra"]["mechanisms"]["spatial(fusion=sum)"]
+    assert "| spatial(fusion=sum) |" in paths["markdown"].read_text() and paths["heatmap"].stat().st_size > 0
 
     def no_training(job):
         raise AssertionError("a finished job was trained again")
@@ -90,3 +100,11 @@ def test_bench_command_quick(tmp_path, capsys):
 def test_bench_command_rejects_unknown_entries(tmp_path, capsys):
     code = main(["bench", "--quick", "--methods", "nope", "--data", str(tmp_path), "--quiet"])
     assert code == 2 and "unknown benchmark entry" in capsys.readouterr().err
+
+
+def test_bench_help_names_the_default_entries(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for name in bench.DEFAULT_ENTRIES:
+        assert name in out

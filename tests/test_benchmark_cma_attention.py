@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionkit.fusion.cma import CrossModalityAttention
+from fusionkit.methods.cma import CrossModalityAttention
 from tests.helpers import load_benchmark_script
 
 bench = load_benchmark_script("cma_attention")

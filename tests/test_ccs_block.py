@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from fusionkit.fusion.base import FUSIONS, build_fusion
-from fusionkit.fusion.ccs import ConnectionBlock, SharedEmbedding
+from fusionkit.fusion import FUSIONS, build_fusion
+from fusionkit.methods.ccs import ConnectionBlock, SharedEmbedding
 
 RGB_C, FLOW_C = 6, 4  # the streams' channels differ on purpose
 SPACES = {"2d": (3, 4), "3d": (2, 3, 2)}

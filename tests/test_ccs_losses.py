@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusionkit.losses import (ccs_losses, ccs_objective, discriminative_embedding_loss, hardest_pairs,
-                              inter_modality_triplet_loss)
+from fusionkit.methods.ccs import (ccs_losses, ccs_objective, discriminative_embedding_loss, hardest_pairs, inter_modality_triplet_loss)
 from fusionkit.models.two_stream import TwoStreamOutput
 
 # A 1-D toy batch: videos 0 and 1 of class 0, video 2 of class 1 (values worked out in the tests).
@@ -166,14 +165,17 @@ def test_total_uses_paper_defaults():
 
 def test_objective_reads_model_output():
     z_rgb, z_flow, labels = _batch(b=8)
-    scores = {"ccs-R": torch.randn(8, 4), "ccs-F": torch.randn(8, 4)}
-    out = TwoStreamOutput(scores, fused="ccs-S", heads=["ccs-R", "ccs-F"],
+    scores = {"ccs-R": torch.randn(8, 4), "ccs-F": torch.randn(8, 4), "ccs-S": torch.randn(8, 4)}
+    roles = {"rgb": "ccs-R", "flow": "ccs-F", "fused": "ccs-S"}
+    out = TwoStreamOutput(scores, roles, heads=["ccs-R", "ccs-F"],
                           extras={"embeddings": {"rgb": z_rgb, "flow": z_flow}})
     losses = ccs_objective(lambda1=1.0, alpha1=0.5)(out, labels)
     torch.testing.assert_close(losses["triplet"], inter_modality_triplet_loss(z_rgb, z_flow, labels, 0.5))
+    # one cross-entropy per classifier (the heads), none on the fused score
     assert set(losses) == {"triplet", "embedding", "ccs-R", "ccs-F"}
+    torch.testing.assert_close(losses["ccs-F"], F.cross_entropy(scores["ccs-F"], labels))
     with pytest.raises(KeyError, match="extras"):
-        ccs_objective()(TwoStreamOutput(scores, heads=["ccs-R"]), labels)
+        ccs_objective()(TwoStreamOutput(scores, roles, heads=["ccs-R"]), labels)
 
 
 def test_low_precision_inputs_give_float32():

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from fusionkit.fusion.ccs import ConnectionBlock
+from fusionkit.methods.ccs import ConnectionBlock
 from fusionkit.methods import get_method, run_method
-from fusionkit.models.two_stream import build_model
-from fusionkit.train import TrainConfig, Trainer
+from fusionkit.methods import build_model
+from fusionkit.training.trainer import TrainConfig, Trainer
 from tests.helpers import SyntheticTwoStream
 
 
@@ -37,11 +37,13 @@ def test_outputs_and_embeddings_of_the_shared_block():
 def test_the_connection_block_starts_as_the_identity_inside_the_network():
     torch.manual_seed(0)
     with_block = build_model("ccs", 5, new_length=2).eval()
-    without = build_model("ccs", 5, new_length=2, connection=False).eval()
+    without = build_model("ccs", 5, new_length=2, fusion=None).eval()
+    assert isinstance(with_block.block_at("stage2"), ConnectionBlock) and len(without.fusion_blocks) == 0
     without.load_state_dict({k: v for k, v in with_block.state_dict().items() if not k.startswith("fusion_blocks")})
     rgb, flow = _inputs()
     with torch.no_grad():
         a, b = with_block(rgb, flow), without(rgb, flow)
+    assert a.roles == b.roles == {"rgb": "ccs-R", "flow": "ccs-F", "fused": "ccs-S"}
     for name in ("ccs-R", "ccs-F", "ccs-S"):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
@@ -73,9 +75,23 @@ def test_ccs_training_uses_eq_6_and_balanced_batches():
 
 
 def test_the_ccs_methods():
-    assert get_method("ccs").schedule == "ccs" and get_method("ccs_ce").schedule == "separate"
+    method = get_method("ccs")
+    assert method.schedule == "ccs"
+    # cross-entropy only (the old ccs_ce) is the training option ranking_losses=False
+    assert method.configure(TrainConfig(schedule="ccs"), ranking_losses=True).schedule == "ccs"
+    assert method.configure(TrainConfig(schedule="ccs"), ranking_losses=False).schedule == "separate"
+    with pytest.raises(KeyError, match="ccs_ce"):
+        get_method("ccs_ce")
     torch.manual_seed(0)
     model, history, metrics = run_method("ccs", SyntheticTwoStream(16), SyntheticTwoStream(8), 4, dropout=0.0,
                                          embedding_dim=8, config=TrainConfig(epochs=1, progress=False, schedule="ccs",
                                                                              classes_per_batch=2, videos_per_class=2))
     assert set(metrics) == {"ccs-R", "ccs-F", "ccs-S"} and len(history) == 1
+    assert {"loss_triplet", "loss_embedding"} <= set(history[-1])
+    torch.manual_seed(0)
+    _, history, metrics = run_method("ccs", SyntheticTwoStream(16), SyntheticTwoStream(8), 4, dropout=0.0,
+                                     embedding_dim=8, ranking_losses=False,
+                                     config=TrainConfig(epochs=1, progress=False, classes_per_batch=2, videos_per_class=2))
+    assert set(metrics) == {"ccs-R", "ccs-F", "ccs-S"} and len(history) == 1
+    losses = {k for k in history[-1] if k.startswith("loss_")}
+    assert {"loss_ccs-R", "loss_ccs-F"} <= losses and not {"loss_triplet", "loss_embedding"} & losses

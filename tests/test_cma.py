@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-import fusionkit.fusion.cma  # noqa: F401  (registers the blocks)
-from fusionkit.fusion.base import FUSIONS, build_fusion
-from fusionkit.fusion.cma import CMABlock, CrossModalityAttention, NonLocalBlock
+import fusionkit.methods.cma  # noqa: F401  (registers the blocks)
+from fusionkit.fusion import FUSIONS, build_fusion
+from fusionkit.methods.cma import CMABlock, CrossModalityAttention, NonLocalBlock
 
 NAMES = ["cma", "nonlocal"]
 RGB_C, FLOW_C = 6, 4  # the streams' channels differ on purpose
@@ -285,7 +285,7 @@ def test_small_maps_need_pool_false():
 # ---- positional terms (not in the paper; off by default) ------------------------------------------
 
 def test_fourier_positions_dot_product_is_a_sum_of_cosines_of_the_offset():
-    from fusionkit.fusion.cma import fourier_positions
+    from fusionkit.methods.cma import fourier_positions
 
     p = fourier_positions((4, 6), 3, dtype=torch.float64).flatten(1)  # [12, 24]
     torch.testing.assert_close(p, _ref_positions((4, 6), 3))

@@ -2,7 +2,9 @@
 import torch
 
 from fusionkit.models.backbones import get_backbone
-from fusionkit.models.two_stream import build_model, cma_positions, late_fusion, rgb_prediction_parameters
+from fusionkit.methods import build_model
+from fusionkit.methods.cma import cma_positions, rgb_prediction_parameters
+from fusionkit.models.two_stream import late_fusion
 
 
 def test_resnet50_preset_is_five_blocks_every_other_residual_block_of_res3_and_res4():
@@ -13,6 +15,7 @@ def test_outputs_are_the_branches_and_their_five_to_one_sum():
     torch.manual_seed(0)
     model = build_model("cma", 4, new_length=2).eval()
     out = model(torch.randn(2, 3, 3, 64, 64), torch.randn(2, 3, 4, 64, 64))
+    assert out.roles == {"rgb": "cma-R", "flow": "cma-F", "fused": "cma-S"}
     assert out.heads == ["cma-R", "cma-F"] and out.fused == "cma-S"
     torch.testing.assert_close(out["cma-S"], late_fusion(out["cma-R"], out["cma-F"], 5 / 6))
 

@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 from fusionkit.fusion import build_fusion
 from fusionkit.methods import get_method, run_method
-from fusionkit.models.two_stream import TwoStreamOutput, build_model
-from fusionkit.losses import adversarial_objective
-from fusionkit.train import TrainConfig
+from fusionkit.models.two_stream import TwoStreamOutput, late_fusion
+from fusionkit.methods import build_model
+from fusionkit.methods.cmmp import adversarial_objective
+from fusionkit.training.trainer import TrainConfig
 from tests.helpers import SyntheticTwoStream
 
 
@@ -85,7 +86,9 @@ def test_gradient_paths_joint_by_default_and_own_network_only_when_asked():
 
 
 def _out(s_a, s_m):
-    return TwoStreamOutput({"a": s_a, "m": s_m}, fused=None, heads=["a", "m"])
+    # the objective finds the appearance and motion scores by role, not by name or order of heads
+    return TwoStreamOutput({"m": s_m, "a": s_a, "s": late_fusion(s_a, s_m)}, roles={"rgb": "a", "flow": "m", "fused": "s"},
+                           heads=["m", "a"])
 
 
 def test_adversarial_objective_equals_eq_4_and_5_with_the_hinge_at_zero():
@@ -94,6 +97,7 @@ def test_adversarial_objective_equals_eq_4_and_5_with_the_hinge_at_zero():
     s_m = torch.tensor([[0.0, 0.5], [0.5, 0.0]], requires_grad=True)  # wrong: high loss
     l_a, l_m = F.cross_entropy(s_a, labels), F.cross_entropy(s_m, labels)
     losses = adversarial_objective(_out(s_a, s_m), labels)
+    assert set(losses) == {"AL_a", "AL_m"}
     # the appearance network is ahead: its hinge is zero, AL_a = L_a
     torch.testing.assert_close(losses["AL_a"], l_a)
     # the motion network is behind: AL_m = L_m + (L_m - L_a) = 2 L_m - L_a
@@ -132,6 +136,22 @@ def test_stage_two_trains_on_the_adversarial_objective():
     _, history, _ = run_method("cmmp", SyntheticTwoStream(16), None, 4, init_from=late, dropout=0.0,
                                config=TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, progress=False))
     assert {"loss_AL_cmmp-R", "loss_AL_cmmp-F"} <= set(history[-1])
+
+
+def test_without_the_adversarial_objective_stage_two_trains_on_each_streams_cross_entropy():
+    """Table 1's CMMP+noAL is the cmmp method with the training option adversarial=False."""
+    method = get_method("cmmp")
+    assert method.configure(TrainConfig(schedule="two_stage"), adversarial=True).schedule == "two_stage"
+    assert method.configure(TrainConfig(schedule="two_stage"), adversarial=False).schedule == "finetune"
+    torch.manual_seed(0)
+    late = build_model("late", 4, new_length=2, dropout=0.0)
+    model, history, _ = run_method("cmmp", SyntheticTwoStream(16), None, 4, init_from=late, dropout=0.0, adversarial=False,
+                                   config=TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, progress=False))
+    assert type(model.temporal_fusion).__name__ == "MessagePassing"  # the same network
+    losses = {k for k in history[-1] if k.startswith("loss_") and k != "loss_total"}
+    assert {"loss_cmmp-R", "loss_cmmp-F"} <= losses and not any("AL_" in k for k in losses)
+    with pytest.raises(ValueError, match="training option"):  # not a model option
+        build_model("cmmp", 4, new_length=2, adversarial=False)
 
 
 def test_bad_configurations_are_explained():

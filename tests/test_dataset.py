@@ -240,7 +240,7 @@ def test_dataloader_batches_items(motion_puzzle, motion_cache):
 def test_in_memory_items_equal_disk_items_and_need_no_second_read(motion_puzzle, motion_cache, tmp_path):
     import shutil
 
-    from fusionkit.train import seed_everything
+    from fusionkit.training.runtime import seed_everything
 
     split = load_ucf101_split(motion_puzzle)
     copy = tmp_path / "cache"

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler, default_collate
 
-from fusionkit.distributed import TORCHRUN_VARIABLES
-from fusionkit.models.two_stream import build_model
-from fusionkit.train import SCHEDULES, TrainConfig, Trainer, alternate_branches, branch_objective, make_optimizer
+from fusionkit.training.distributed import TORCHRUN_VARIABLES
+from fusionkit.methods import build_model
+from fusionkit.training.schedules import SCHEDULES, alternate_branches, branch_objective, make_optimizer
+from fusionkit.training.trainer import TrainConfig, Trainer
 from tests.helpers import SyntheticTwoStream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def _model(case: str) -> nn.Module:
 
 def _worker(out: Path) -> None:
     """One torchrun process: the two trainings, then the configurations DDP refuses."""
-    from fusionkit import distributed
+    from fusionkit.training import distributed
 
     rank = int(os.environ["RANK"])
     for case, config in CASES.items():

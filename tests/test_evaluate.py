@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fusionkit.data import transforms as T
-from fusionkit.evaluate import Scores, classification_metrics, confusion_matrix, fusion_weight_sweep, predict
-from fusionkit.models.two_stream import build_model
+from fusionkit.training.evaluate import Scores, classification_metrics, confusion_matrix, fusion_weight_sweep, predict
+from fusionkit.methods import build_model
 from tests.helpers import SyntheticTwoStream
 
 
@@ -68,5 +68,36 @@ def test_predict_returns_probabilities_for_every_output():
         np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
     assert scores.labels.tolist() == [i % 4 for i in range(10)]
     assert scores.video_ids[3] == "video3"
+    assert scores.roles == {"rgb": "rgb", "flow": "flow", "fused": "late"} and scores.streams() == ("rgb", "flow")
     # the fused probabilities are the model's late fusion of the two streams
     np.testing.assert_allclose(scores.probs["late"], scores.fused(0.5), rtol=1e-4, atol=1e-6)
+
+
+def test_predict_keeps_the_roles_and_fuses_the_per_stream_outputs_of_a_fusion_model():
+    torch.manual_seed(0)
+    model = build_model("spatial", 4, backbone="tiny", new_length=2, fusion="sum", keep_flow_tower=True)
+    scores = predict(model, SyntheticTwoStream(10), batch_size=4)
+    assert scores.roles == {"rgb": "spatial-R", "flow": "spatial-F", "fused": "spatial-S"}
+    assert set(scores.probs) == {"spatial-R", "spatial-F", "spatial-S"}
+    assert scores.streams() == ("spatial-R", "spatial-F")
+    # fused(w) weighs the roles' outputs by default: the model's own late fusion at its weight
+    np.testing.assert_allclose(scores.probs["spatial-S"], scores.fused(0.5), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores.fused(0.3), 0.3 * scores.probs["spatial-R"] + 0.7 * scores.probs["spatial-F"])
+    sweep = fusion_weight_sweep(scores, weights=[0.0, 1.0])
+    assert sweep["top1"] == [(scores.probs[k].argmax(1) == scores.labels).mean() for k in ("spatial-F", "spatial-R")]
+
+
+def test_a_truncated_motion_tower_has_no_streams_to_weigh():
+    from fusionkit.training.evaluate import evaluation_report
+
+    torch.manual_seed(0)
+    model = build_model("spatial", 4, backbone="tiny", new_length=2, fusion="sum")
+    scores = predict(model, SyntheticTwoStream(6), batch_size=4)
+    assert scores.roles == {"fused": "spatial-S"} and set(scores.probs) == {"spatial-S"}
+    with pytest.raises(ValueError, match="no pair of per-stream outputs"):
+        scores.streams()
+    with pytest.raises(ValueError, match="no pair of per-stream outputs"):
+        scores.fused(0.5)
+    report = evaluation_report(model, SyntheticTwoStream(6), batch_size=4)
+    assert report["roles"] == {"fused": "spatial-S"} and set(report["metrics"]) == {"spatial-S"}
+    assert report["fusion_weight_sweep"] is None

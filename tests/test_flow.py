@@ -221,9 +221,12 @@ def test_cache_layout_is_one_folder_per_video_with_frames_flow_and_meta(motion_p
         entry = motion_cache / os.path.splitext(rel)[0]
         assert sorted(os.listdir(entry)) == expected_entry_files(12)  # 12 frames, 11 flow pairs
         meta = read_cache_meta(entry)
+        files = meta.pop("files")  # the manifest extract-flow verifies on a rerun: each JPEG's name and size
         assert meta == {"video": rel, "backend": "dis", "frames": 12, "flows": 11, "height": 64, "width": 64,
                         "bound": FLOW_BOUND}
-        assert json.loads((entry / META_FILE).read_text()) == meta
+        jpegs = [f for f in expected_entry_files(12) if f.endswith(".jpg")]
+        assert files == {f: (entry / f).stat().st_size for f in jpegs}
+        assert json.loads((entry / META_FILE).read_text()) == {**meta, "files": files}
 
 
 def test_first_flow_file_is_numbered_00001(motion_cache):

@@ -1,10 +1,12 @@
-"""Fusion inside the two-stream network: spatial and temporal models, truncation, fine-tuning."""
+"""Fusion inside the two-stream network: spatial and conv_fusion (temporal fusion) models, truncation, fine-tuning."""
 import pytest
 import torch
 
-from fusionkit.methods import initialise_from, run_method
-from fusionkit.models.two_stream import TwoStreamNet, build_model, late_fusion
-from fusionkit.train import TrainConfig
+from fusionkit.methods.recipe import initialise_from
+from fusionkit.methods import run_method
+from fusionkit.models.two_stream import TwoStreamNet, late_fusion
+from fusionkit.methods import build_model
+from fusionkit.training.trainer import TrainConfig
 from tests.helpers import SyntheticTwoStream
 
 
@@ -19,19 +21,22 @@ def _build(name, seed=0, **kwargs):
 
 
 def test_identity_initialised_conv_fusion_equals_sum_fusion_in_the_network():
-    conv = _build("spatial", fusion="conv", fusion_kwargs={"init": "identity"})
+    conv = _build("spatial", fusion="conv", fusion_options={"init": "identity"})
     summed = _build("spatial", fusion="sum")
+    assert type(conv.block_at("stage2")).__name__ == "ConvFusion" and type(summed.block_at("stage2")).__name__ == "SumFusion"
     initialise_from(summed, conv)
-    torch.testing.assert_close(conv(*_inputs())["conv"], summed(*_inputs())["sum"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(conv(*_inputs())["spatial-S"], summed(*_inputs())["spatial-S"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("fusion", ["sum", "max", "concat", "conv", "bilinear"])
 def test_spatial_fusion_at_the_last_stage_truncates_the_motion_tower(fusion):
     model = _build("spatial", fusion=fusion)
     out = model(*_inputs())
-    assert set(out) == {fusion} and out.heads == [fusion] and out.fused == fusion
+    # the truncated motion tower has no prediction of its own: only the fused role remains
+    assert out.roles == {"fused": "spatial-S"} == model.output_roles()
+    assert set(out) == {"spatial-S"} and out.heads == ["spatial-S"] and out.fused == "spatial-S"
     assert model.flow_head is None
-    out[fusion].sum().backward()
+    out["spatial-S"].sum().backward()
     # gradients reach both towers below the fusion point
     assert model.rgb_tower.stages["stem"][0].conv.weight.grad.abs().sum() > 0
     assert model.flow_tower.stages["stem"][0].conv.weight.grad.abs().sum() > 0
@@ -40,15 +45,16 @@ def test_spatial_fusion_at_the_last_stage_truncates_the_motion_tower(fusion):
 def test_keeping_the_motion_tower_adds_its_loss_and_the_averaged_prediction():
     model = _build("spatial", fusion="sum", keep_flow_tower=True)
     out = model(*_inputs())
-    assert out.heads == ["sum", "flow"] and out.fused == "sum+"
-    torch.testing.assert_close(out["sum+"], late_fusion(out["sum"], out["flow"], 0.5))
+    assert out.roles == {"rgb": "spatial-R", "flow": "spatial-F", "fused": "spatial-S"}
+    assert out.heads == ["spatial-R", "spatial-F"] and out.fused == "spatial-S"
+    torch.testing.assert_close(out["spatial-S"], late_fusion(out["spatial-R"], out["spatial-F"], 0.5))
 
 
 def test_fusion_at_an_earlier_stage_feeds_the_rest_of_the_appearance_tower():
     model = _build("spatial", fusion="conv", position="stage1")
     out = model(*_inputs())
-    assert set(out) == {"conv"}
-    out["conv"].sum().backward()
+    assert set(out) == {"spatial-S"}
+    out["spatial-S"].sum().backward()
     # the motion tower stops at the fusion point: its later stages take no part
     assert model.flow_tower.stages["stage2"][0].conv.weight.grad is None
     assert model.rgb_tower.stages["stage2"][0].conv.weight.grad.abs().sum() > 0
@@ -70,16 +76,19 @@ def test_truncation_needs_a_single_spatial_fusion():
 def test_2d_pooling_forgets_the_order_of_segments_and_3d_conv_fusion_does_not():
     rgb, flow = _inputs(t=3)
     reverse = (rgb.flip(1), flow.flip(1))
-    pool2d = _build("temporal", temporal="pool2d")
-    torch.testing.assert_close(pool2d(*reverse)["pool2d"], pool2d(rgb, flow)["pool2d"], rtol=1e-5, atol=1e-5)
-    conv3d = _build("temporal", temporal="conv3d_pool3d", temporal_kwargs={"init": "random"})
-    assert not torch.allclose(conv3d(*reverse)["conv3d_pool3d"], conv3d(rgb, flow)["conv3d_pool3d"], atol=1e-4)
+    pool2d = _build("conv_fusion", fusion="pool2d")
+    assert type(pool2d.temporal_fusion).__name__ == "TemporalPool2D"
+    torch.testing.assert_close(pool2d(*reverse)["conv_fusion-R"], pool2d(rgb, flow)["conv_fusion-R"], rtol=1e-5, atol=1e-5)
+    conv3d = _build("conv_fusion", fusion="conv3d_pool3d", fusion_options={"init": "random"})
+    assert type(conv3d.temporal_fusion).__name__ == "Conv3DFusion"
+    assert not torch.allclose(conv3d(*reverse)["conv_fusion-R"], conv3d(rgb, flow)["conv_fusion-R"], atol=1e-4)
 
 
 def test_conv_fusion_is_the_papers_architecture():
     model = _build("conv_fusion")
     out = model(*_inputs())
-    assert out.heads == ["conv_fusion", "flow"] and out.fused == "conv_fusion+"
+    assert out.roles == {"rgb": "conv_fusion-R", "flow": "conv_fusion-F", "fused": "conv_fusion-S"}
+    assert out.heads == ["conv_fusion-R", "conv_fusion-F"] and out.fused == "conv_fusion-S"
     assert type(model.temporal_fusion).__name__ == "Conv3DFusion"
 
 
@@ -92,7 +101,7 @@ def test_freezing_below_the_fusion_point_trains_only_what_follows():
     bn = model.rgb_tower.stages["stem"][0].bn
     running = bn.running_mean.clone()
     out = model(*_inputs())
-    out["conv"].sum().backward()
+    out["spatial-S"].sum().backward()
     assert bn.running_mean.equal(running)  # frozen BatchNorm keeps its statistics
     assert model.rgb_tower.stages["stem"][0].conv.weight.grad is None
     assert model.fusion_blocks["stage1"].weight.grad is not None

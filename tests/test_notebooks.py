@@ -5,8 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fusionkit.results import load_results
-from fusionkit.run_notebooks import NotebookError, execute_notebook
+from fusionkit.lab.results import load_results
+from fusionkit.lab.run_notebooks import NotebookError, execute_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # the course assignments: stored like the series (tests/test_assignments.py executes them through the grader)

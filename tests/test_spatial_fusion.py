@@ -11,10 +11,9 @@ import math
 import pytest
 import torch
 
-import fusionkit.fusion.spatial  # noqa: F401  (registers the blocks)
-from fusionkit.fusion.base import FUSIONS, build_fusion
-from fusionkit.fusion.spatial import (BilinearFusion, ConcatFusion, ConvFusion, MaxFusion, SumFusion,
-                                      interleave_channels)
+import fusionkit.methods.conv_fusion.spatial_blocks  # noqa: F401  (registers the blocks)
+from fusionkit.fusion import FUSIONS, build_fusion
+from fusionkit.methods.conv_fusion.spatial_blocks import (BilinearFusion, ConcatFusion, ConvFusion, MaxFusion, SumFusion, interleave_channels)
 
 NAMES = ["sum", "max", "concat", "conv", "bilinear"]
 SHAPES = {"2d": (2, 3, 4, 5), "3d": (2, 3, 2, 4, 3)}  # [N, C, H, W] and [N, C, T, H, W]

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusionkit.fusion.base import FUSIONS, build_fusion
-from fusionkit.fusion.temporal import Conv3DFusion, TemporalPool2D, TemporalPool3D, gaussian_kernel3d
+from fusionkit.fusion import FUSIONS, build_fusion
+from fusionkit.methods.conv_fusion.temporal_blocks import (Conv3DFusion, TemporalPool2D, TemporalPool3D, gaussian_kernel3d)
 
 
 def _pair(n=2, c_rgb=8, c_flow=8, t=8, h=8, w=8, seed=0, integer=False):

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusionkit.evaluate import evaluate
-from fusionkit.models.two_stream import build_model
-from fusionkit.train import CHECKPOINT, TrainConfig, Trainer, lr_factor, resolve_device
+from fusionkit.training.evaluate import evaluate
+from fusionkit.methods import build_model
+from fusionkit.training.trainer import CHECKPOINT, TrainConfig, Trainer
+from fusionkit.training.schedules import lr_factor
+from fusionkit.training.runtime import resolve_device
 from tests.helpers import SyntheticTwoStream
 
 CFG = dict(epochs=4, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=0.0, progress=False)
@@ -118,8 +120,8 @@ def test_resume_after_an_interruption_mid_epoch_gives_the_same_model(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {root!r})
-    from fusionkit.models.two_stream import build_model
-    from fusionkit.train import TrainConfig, Trainer
+    from fusionkit.methods import build_model
+    from fusionkit.training.trainer import TrainConfig, Trainer
     from tests.helpers import SyntheticTwoStream
 
     class Slow(SyntheticTwoStream):

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from fusionkit.fusion.base import FUSIONS, FusionBlock, build_fusion, register_fusion
-from fusionkit.models.two_stream import TwoStreamNet, build_model, late_fusion
+from fusionkit.fusion import FUSIONS, FusionBlock, build_fusion, register_fusion
+from fusionkit.models.two_stream import TwoStreamNet, late_fusion
+from fusionkit.methods import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +20,7 @@ def test_outputs_are_named_per_stream_and_fused():
     model = build_model("late", 5, backbone="tiny", new_length=2).eval()
     out = model(*_inputs())
     assert set(out) == {"rgb", "flow", "late"} and out.fused == "late"
+    assert out.roles == {"rgb": "rgb", "flow": "flow", "fused": "late"} and out.heads == ["rgb", "flow"]
     assert all(v.shape == (2, 5) for v in out.values())
 
 
@@ -97,10 +99,13 @@ def test_a_fusion_block_changes_the_rgb_result_only_where_it_feeds_in():
     fused.load_state_dict(plain.state_dict(), strict=False)
     inputs = _inputs(size=16)
     a, b = plain(*inputs), fused(*inputs)
-    torch.testing.assert_close(a["flow"], b["flow"])
-    # the appearance tower now carries the fused features: its output takes the method's name
-    assert set(b) == {"late", "flow", "late+"} and b.heads == ["late", "flow"] and b.fused == "late+"
-    assert not torch.allclose(a["rgb"], b["late"])
+    # the appearance tower now carries the fused features: the outputs take the method's name, by role
+    assert a.roles == {"rgb": "rgb", "flow": "flow", "fused": "late"}
+    assert b.roles == {"rgb": "late-R", "flow": "late-F", "fused": "late-S"} == fused.output_roles()
+    assert set(b) == {"late-R", "late-F", "late-S"} and b.heads == ["late-R", "late-F"] and b.fused == "late-S"
+    torch.testing.assert_close(a["flow"], b["late-F"])
+    assert not torch.allclose(a["rgb"], b["late-R"])
+    torch.testing.assert_close(b["late-S"], late_fusion(b["late-R"], b["late-F"], 0.5))
 
 
 def test_bad_fusion_positions_are_rejected():

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from fusionkit.models.backbones import get_backbone, pretrained_weights_file
-from fusionkit.models.two_stream import build_model
+from fusionkit.methods import build_model
 from tests.test_backbones import _randomise_bn_buffers, _save_weights, hub_cache  # noqa: F401  (fixture)
 
 FLOW_CHANNELS = 10
@@ -72,6 +72,7 @@ def test_one_3d_cma_block_on_a_3d_backbone():
         assert not torch.equal(cma(rgb, flow)["cma-R"], b["rgb"])
 
 
-def test_temporal_fusion_is_refused_on_3d_towers():
+@pytest.mark.parametrize("fusion", ["conv3d_pool3d", "pool3d", "pool2d"])
+def test_temporal_fusion_is_refused_on_3d_towers(fusion):
     with pytest.raises(ValueError, match="already see the T snippets as a clip"):
-        build_model("temporal", 4, backbone="r3d_18", new_length=2)
+        build_model("conv_fusion", 4, backbone="r3d_18", new_length=2, fusion=fusion)

@@ -11,8 +11,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fusionkit.data.transforms import Normalize  # noqa: E402
-from fusionkit.fusion.cma import CMABlock, CrossModalityAttention  # noqa: E402
-from fusionkit.models.two_stream import build_model  # noqa: E402
+from fusionkit.methods.cma import CMABlock, CrossModalityAttention  # noqa: E402
+from fusionkit.methods import build_model  # noqa: E402
 from fusionkit.viz.activations import fusion_activations  # noqa: E402
 from fusionkit.viz.attention import (  # noqa: E402
     ExplorerState, attention_explorer, attention_figure, attention_units, denormalize_rgb, explorer_view,
@@ -52,13 +52,13 @@ def _close_figures():
 # -- naming the units ------------------------------------------------------------------------
 def test_unit_names_for_cma_nonlocal_chains_and_bare_blocks():
     assert set(attention_units(tiny_cma())) == {"stage1.1/rgb<-flow", "stage1.1/flow<-rgb"}
-    chain = tiny_cma(block=("nonlocal", "cma"), block_kwargs=({"directions": "rgb"}, {}))
+    chain = tiny_cma(fusion=("nonlocal", "cma"), fusion_options=({"directions": "rgb"}, {}))
     units = attention_units(chain)
     assert set(units) == {"stage1.1/rgb<-rgb", "stage1.1/rgb<-flow", "stage1.1/flow<-rgb"}
     block = chain.fusion_blocks["stage1:1"]
     assert units["stage1.1/rgb<-rgb"] is block.blocks[0].rgb_attention
     assert units["stage1.1/flow<-rgb"] is block.blocks[1].flow_attention
-    twice = attention_units(tiny_cma(block=("cma", "cma"), block_kwargs=({}, {})))
+    twice = attention_units(tiny_cma(fusion=("cma", "cma"), fusion_options=({}, {})))
     assert set(twice) == {"stage1.1[0]/rgb<-flow", "stage1.1[0]/flow<-rgb", "stage1.1[1]/rgb<-flow",
                           "stage1.1[1]/flow<-rgb"}
     assert set(attention_units(CMABlock(8, 8, directions="flow"))) == {"flow<-rgb"}

@@ -15,7 +15,7 @@ from scipy.ndimage import distance_transform_edt
 
 from fusionkit.data.puzzles import SHAPES, coverage, get_puzzle, make_background
 from fusionkit.data.transforms import Normalize
-from fusionkit.models.two_stream import build_model
+from fusionkit.methods import build_model
 from fusionkit.viz.cam import (CAM_METHODS, SingleInputTwoStream, cam_overlay, cam_target_layer, get_cam_method,
                                plot_cam_strip, snippet_images, two_stream_cam, video_cams)
 

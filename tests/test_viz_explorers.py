@@ -11,8 +11,8 @@ import torch
 
 import fusionkit.viz.attention as attention
 import fusionkit.viz.explorers as explorers
-from fusionkit.evaluate import Scores
-from fusionkit.models.two_stream import build_model
+from fusionkit.training.evaluate import Scores
+from fusionkit.methods import build_model
 from fusionkit.viz.cam import cam_overlay, snippet_images, two_stream_cam
 from fusionkit.viz.explorers import (CamSource, CamState, cam_explorer, cam_view, fused_accuracy,
                                      fusion_weight_explorer, plot_cam_view, plot_weight_view, weight_view)
@@ -97,7 +97,7 @@ def _cma_scores(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, 40)
     probs = {name: rng.dirichlet(np.ones(4), 40) for name in ("cma-R", "cma-F", "cma-S")}
-    return Scores(probs, labels, [f"v{i}" for i in range(40)])
+    return Scores(probs, labels, [f"v{i}" for i in range(40)], {"rgb": "cma-R", "flow": "cma-F", "fused": "cma-S"})
 
 
 def test_weight_view_finds_the_per_stream_outputs_and_marks_the_weight():

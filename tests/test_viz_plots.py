@@ -8,10 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from fusionkit.evaluate import Scores, confusion_matrix, fusion_weight_sweep
+from fusionkit.training.evaluate import Scores, confusion_matrix, fusion_weight_sweep
 from fusionkit.viz.plots import (flow_stack_to_colour, flow_to_colour, per_class_accuracy, per_class_gain,
                                  plot_accuracy_bars, plot_benchmark_heatmap, plot_confusion_matrix, plot_history,
-                                 plot_per_class_gain, plot_weight_sweep, save_figure, stream_outputs, weight_sweep)
+                                 plot_per_class_gain, plot_weight_sweep, save_figure, weight_sweep)
 
 
 @pytest.fixture(autouse=True)
@@ -50,12 +50,22 @@ def test_history_draws_loss_train_and_val_curves():
     assert list(_lines(only_train.figure.axes[-1])) == ["train acc rgb"]
 
 
-def test_stream_outputs_follow_the_libraries_output_names():
-    assert stream_outputs(["rgb", "flow", "late"]) == ("rgb", "flow")
-    assert stream_outputs(["cma-R", "cma-F", "cma-S"]) == ("cma-R", "cma-F")
-    assert stream_outputs(["conv", "flow", "conv+"]) == ("conv", "flow")
-    with pytest.raises(ValueError, match="no single pair"):
-        stream_outputs(["conv"])  # a truncated motion tower
+def test_stream_outputs_are_the_models_typed_roles():
+    from fusionkit.methods import build_model
+
+    def streams_of(model):
+        roles = model.output_roles()
+        return Scores({name: np.zeros((1, 4)) for name in roles.values()}, np.zeros(1, int), ["v0"], roles).streams()
+
+    assert streams_of(build_model("late", 4)) == ("rgb", "flow")
+    assert streams_of(build_model("cma", 4)) == ("cma-R", "cma-F")
+    assert streams_of(build_model("spatial", 4, keep_flow_tower=True)) == ("spatial-R", "spatial-F")
+    # roles, not names: outputs named anything are found by their role
+    odd = Scores({"a": np.zeros((1, 4)), "b": np.zeros((1, 4))}, np.zeros(1, int), ["v0"],
+                 {"rgb": "b", "flow": "a", "fused": "b"})
+    assert odd.streams() == ("b", "a")
+    with pytest.raises(ValueError, match="no pair of per-stream outputs"):
+        streams_of(build_model("spatial", 4))  # a truncated motion tower: only spatial-S
 
 
 def _scores(rgb_correct, flow_correct, seed=0, names=("rgb", "flow")):
@@ -67,14 +77,14 @@ def _scores(rgb_correct, flow_correct, seed=0, names=("rgb", "flow")):
         p = rng.uniform(0, 0.1, (len(labels), 3))
         p[np.arange(len(labels)), np.where(correct, labels, (labels + 1) % 3)] = 1.0
         probs[name] = p / p.sum(1, keepdims=True)
-    return Scores(probs, labels, [f"v{i}" for i in range(len(labels))])
+    return Scores(probs, labels, [f"v{i}" for i in range(len(labels))], {"rgb": names[0], "flow": names[1]})
 
 
 def test_weight_sweeps_from_evaluate_outputs_scores_and_seeds():
     a = _scores([1, 1, 0, 0, 1, 0], [0, 1, 1, 1, 0, 0], names=("cma-R", "cma-F"))
     b = _scores([1, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0], seed=1, names=("cma-R", "cma-F"))
     sweep_a = fusion_weight_sweep(a, rgb="cma-R", flow="cma-F")
-    assert weight_sweep(a) == sweep_a  # per-stream outputs found by name
+    assert weight_sweep(a) == sweep_a  # per-stream outputs found by their roles
     ax = plot_weight_sweep({"dict": sweep_a, "scores": a, "seeds": [a, b]}, chance=1 / 3)
     lines = _lines(ax)
     np.testing.assert_allclose(lines["dict"].get_ydata(), sweep_a["top1"])

@@ -1,6 +1,6 @@
 """``fusionkit bench``: every fusion method on every puzzle over several seeds, in one table.
 
-Each puzzle is built to need one kind of cross-modal dependence (DESIGN.md): ``appearance`` and
+Each puzzle is built to need one kind of cross-modal dependence (the README's puzzle table): ``appearance`` and
 ``motion`` one stream, ``conjunction`` any fusion, ``registration`` "what moves where" at the same
 pixel, ``order`` the order of the segments. The table shows which mechanism meets which need, so
 each entry carries a line saying what its mechanism can see (:attr:`BenchEntry.mechanism`).
@@ -13,7 +13,8 @@ to ``<work_dir>/jobs/`` as it finishes, so an interrupted benchmark resumes wher
 
     fusionkit bench [--quick] [--seeds 3] [--puzzles order registration] [--blocks my_block --plugins blocks.py]
 
-writes ``figures/results/benchmark.json`` (the notebooks' results schema: accuracy[puzzle][entry]),
+writes ``figures/results/benchmark.json`` (the notebooks' results schema: a row that is a method with its
+default options under ``accuracy[puzzle][output]``, a row with options of its own under ``variants[row]``),
 ``figures/results/benchmark.md`` (mean ± std table) and ``figures/benchmark_heatmap.png``.
 """
 from __future__ import annotations
@@ -27,15 +28,16 @@ from pathlib import Path
 
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.registry import Registry
-from fusionkit.train import TrainConfig
+from fusionkit.training.trainer import TrainConfig
 
 __all__ = ["BenchEntry", "BenchSettings", "BENCH_ENTRIES", "register_bench_entry", "block_entry", "QUICK", "TEACHING",
-           "run_benchmark", "markdown_table", "final_output"]
+           "run_benchmark", "markdown_table", "final_output", "results_layout"]
 
 
 @dataclass(frozen=True)
 class BenchEntry:
-    """One row of the benchmark: a method of :mod:`fusionkit.methods` with model options.
+    """One row of the benchmark: a method of :mod:`fusionkit.methods` with model options. Its name
+    is the method's, followed by the options that make it a variant: ``spatial(fusion=sum)``.
 
     ``mechanism`` says what the fusion can see, which is what explains its row of the table.
     ``epochs_scale`` multiplies the benchmark's fine-tuning epochs for methods whose second stage
@@ -58,27 +60,28 @@ def register_bench_entry(entry: BenchEntry) -> BenchEntry:
 register_bench_entry(BenchEntry(
     "late", "late", "two towers, softmax scores averaged: each stream decides alone, no pixel or segment is shared"))
 register_bench_entry(BenchEntry(
-    "sum", "spatial", "motion features added to appearance features at the same pixel after the last stage "
+    "spatial(fusion=sum)", "spatial", "motion features added to appearance features at the same pixel after the last stage "
     "(Feichtenhofer Eq. 2): registered, but the sum is linear, so a pixel's 'colour' and 'motion' are not conjoined "
     "until the layers above", {"fusion": "sum", "head_hidden": 128}))
 register_bench_entry(BenchEntry(
-    "conv", "spatial", "stacked maps + learned 1x1 conv at the same pixel (Feichtenhofer Eq. 3-4): registered "
+    "spatial(fusion=conv)", "spatial", "stacked maps + learned 1x1 conv at the same pixel (Feichtenhofer Eq. 3-4): registered "
     "and learned per pixel; segments still averaged (no order)", {"fusion": "conv", "head_hidden": 128}))
 register_bench_entry(BenchEntry(
-    "conv3d", "temporal", "conv fusion over space and the T segments (3D conv + 3D pool, Feichtenhofer Sec. 3.3): "
-    "registered and sees segment order", {"temporal": "conv3d_pool3d"}))
+    "conv_fusion", "conv_fusion", "conv fusion over space and the T segments (3D conv + 3D pool, Feichtenhofer "
+    "Sec. 3.3-3.4): registered and sees segment order"))
 register_bench_entry(BenchEntry(
     "cmmp", "cmmp", "per-segment pooled features exchanged by LSTM messages (Wang et al. Eq. 1-2): sees segment "
     "order, pools space away first (no registration)", epochs_scale=2.0))
 register_bench_entry(BenchEntry(
-    "ccs", "ccs", "embedded-Gaussian correlation of every appearance position with every motion position "
+    "ccs(embedding_dim=64)", "ccs", "embedded-Gaussian correlation of every appearance position with every motion position "
     "(Zhang et al. Eq. 1-3): content-only, no positions; segments averaged", {"embedding_dim": 64}))
 register_bench_entry(BenchEntry(
-    "cma", "cma", "attention from RGB positions to flow positions (Chi et al. Eq. 1-5) with positional terms on "
+    "cma(position_frequencies=3)", "cma", "attention from RGB positions to flow positions (Chi et al. Eq. 1-5) with positional terms on "
     "queries and keys (ours, not the paper's): can register; segments averaged",
-    {"block_kwargs": {"position_frequencies": 3}}))
+    {"fusion_options": {"position_frequencies": 3}}))
 
-DEFAULT_ENTRIES = ("late", "sum", "conv", "conv3d", "cmmp", "ccs", "cma")
+DEFAULT_ENTRIES = ("late", "spatial(fusion=sum)", "spatial(fusion=conv)", "conv_fusion", "cmmp",
+                   "ccs(embedding_dim=64)", "cma(position_frequencies=3)")
 
 
 def block_entry(block: str) -> BenchEntry:
@@ -88,20 +91,27 @@ def block_entry(block: str) -> BenchEntry:
 
     cls = FUSIONS.lookup(block)
     summary = (cls.__doc__ or "").strip().split("\n")[0] or "registered fusion block"
-    return BenchEntry(block, "spatial", f"{summary} (spatial fusion after the last stage)",
+    return BenchEntry(f"spatial(fusion={block})", "spatial", f"{summary} (spatial fusion after the last stage)",
                       {"fusion": block, "head_hidden": 128})
 
 
 def get_entry(name: str) -> BenchEntry:
-    """A registered benchmark entry, else a spatial-fusion row for a registered fusion block."""
+    """A registered benchmark entry; else a method by its name (its default options); else a
+    spatial-fusion row for a registered fusion block (by its name, or as ``spatial(fusion=NAME)``)."""
     if name in BENCH_ENTRIES:
         return BENCH_ENTRIES.lookup(name)
     from fusionkit.fusion import FUSIONS
+    from fusionkit.methods import get_method, list_methods
 
-    if name in FUSIONS:
-        return block_entry(name)
+    if name in list_methods():  # a method's name is its row, with the method's own defaults
+        return BenchEntry(name, name, get_method(name).summary)
+
+    block = name[len("spatial(fusion="):-1] if name.startswith("spatial(fusion=") and name.endswith(")") else name
+    if block in FUSIONS:  # a block with a registered row of its own (sum, conv) gets that row
+        row = f"spatial(fusion={block})"
+        return BENCH_ENTRIES.lookup(row) if row in BENCH_ENTRIES else block_entry(block)
     raise KeyError(f"unknown benchmark entry {name!r}: entries are {sorted(BENCH_ENTRIES)}, and any registered "
-                   f"fusion block ({sorted(FUSIONS)}) can be benchmarked by name")
+                   f"fusion block ({sorted(FUSIONS)}) or method ({list_methods()}) can be benchmarked by name")
 
 
 @dataclass(frozen=True)
@@ -138,10 +148,8 @@ QUICK = BenchSettings(puzzles=("conjunction", "registration", "order"), seeds=(0
 
 
 def final_output(model) -> str:
-    """The output a method predicts with: the score fusion when both classifiers are kept, else
-    the (fused) appearance tower's."""
-    names = model.output_names()
-    return names[2] if getattr(model, "flow_head", None) is not None else names[0]
+    """The output a method predicts with: its ``fused`` role."""
+    return model.output_roles()["fused"]
 
 
 def import_plugins(plugins: tuple[str, ...]) -> None:
@@ -172,8 +180,8 @@ def _run_job(job: tuple) -> dict:
     """One (puzzle, seed): the streams, then every entry; returns accuracy and seconds per entry."""
     import torch
 
-    from fusionkit.evaluate import classification_metrics, predict
-    from fusionkit.experiments import puzzle_datasets
+    from fusionkit.training.evaluate import classification_metrics, predict
+    from fusionkit.lab.experiments import puzzle_datasets
     from fusionkit.methods import get_method, run_method
 
     puzzle, seed, settings, entry_names, data_dir, device, threads, plugins = job
@@ -221,12 +229,11 @@ def run_benchmark(entries: tuple[str, ...] = DEFAULT_ENTRIES, settings: BenchSet
     (see :func:`import_plugins`)."""
     from fusionkit.data.parallel import run_jobs
     from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
-    from fusionkit.results import seed_summary
+    from fusionkit.lab.results import seed_summary
 
-    entries = tuple(dict.fromkeys(("late", *entries)))
     import_plugins(tuple(plugins))
-    for name in entries:
-        get_entry(name)  # unknown names fail before any training
+    # unknown names fail before any training; a block's plain name becomes its row's, spatial(fusion=NAME)
+    entries = tuple(dict.fromkeys(get_entry(name).name for name in ("late", *entries)))
     for puzzle in settings.puzzles:  # render once, in this process, before the workers read it
         prepare_puzzle(puzzle, data_dir, backend=settings.flow_backend, videos_per_class=settings.videos_per_class,
                        frames=settings.frames, size=settings.size, workers=workers, progress=progress)
@@ -284,6 +291,18 @@ def markdown_table(accuracy: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_layout(report: dict) -> tuple[dict, dict]:
+    """``(accuracy, variants)`` of the results schema: a row that is a method with its own defaults
+    under ``accuracy[puzzle][output]``, a row with options of its own under ``variants[row]``."""
+    accuracy, variants = {}, {}
+    for entry in report["mechanisms"]:
+        method, output = get_entry(entry).method, report["outputs"][entry]
+        target = accuracy if entry == method else variants.setdefault(entry, {})
+        for puzzle, by_entry in report["accuracy"].items():
+            target.setdefault(puzzle, {})[output] = by_entry[entry]
+    return accuracy, variants
+
+
 def write_benchmark(report: dict, results_dir: str | os.PathLike = "figures/results",
                     figures_dir: str | os.PathLike = "figures", name: str = "benchmark") -> dict[str, Path]:
     """Write the report as ``<results_dir>/<name>.json`` (results schema), ``<name>.md`` and the
@@ -293,10 +312,11 @@ def write_benchmark(report: dict, results_dir: str | os.PathLike = "figures/resu
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from fusionkit.results import save_results
+    from fusionkit.lab.results import save_results
     from fusionkit.viz.plots import plot_benchmark_heatmap, save_figure
 
-    json_path = save_results(name, params=report["settings"], accuracy=report["accuracy"],
+    accuracy, variants = results_layout(report)
+    json_path = save_results(name, params=report["settings"], accuracy=accuracy, variants=variants,
                              extra={k: report[k] for k in ("seconds", "wall_seconds", "outputs", "mechanisms", "workers", "chance")},
                              results_dir=results_dir)
     md_path = Path(results_dir) / f"{name}.md"

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 
 from fusionkit.data.dataset import TwoStreamDataset, build_dataset
 from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
-from fusionkit.evaluate import Scores, classification_metrics, predict
+from fusionkit.training.evaluate import Scores, classification_metrics, predict
 from fusionkit.methods import run_method
-from fusionkit.results import seed_summary
-from fusionkit.train import TrainConfig
+from fusionkit.lab.results import seed_summary
+from fusionkit.training.trainer import TrainConfig
 
 
 @dataclass

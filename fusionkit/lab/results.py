@@ -1,19 +1,31 @@
-"""The notebooks' result files: ``figures/results/<notebook>.json``, one schema for all (DESIGN.md).
+"""The notebooks' result files: ``figures/results/<notebook>.json``, one schema for all.
 
     {"notebook": "02_two_stream_late_fusion",
      "params": {...},
-     "accuracy": {"<puzzle or dataset>": {"<model output>": {"mean": .93, "std": .01, "seeds": [.92, .94]}}},
+     "accuracy": {"<dataset>": {"<output>": {"mean": .93, "std": .01, "seeds": [.92, .94]}}},
+     "variants": {"<variant>": {"<dataset>": {"<output>": {...}}}},
      "extra": {...}}
+
+``<dataset>`` is a puzzle's name, ``ucf101`` or ``hmdb51``; ``<output>`` is a model output as the
+library names it (:func:`fusionkit.models.two_stream.output_names`): ``rgb``, ``flow``, a method's
+name, or ``<method>-R`` / ``-F`` / ``-S``. An experiment's variants of a method (which block, which
+stage, an ablation row) go under ``variants``, keyed by a label of their own (``fusion=sum``,
+``position=stage1``, ``SUM+AL``), each holding the same ``accuracy`` shape. :func:`validate_results`
+checks a file against this; a test runs it on every committed file.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from fusionkit.data.atomic import atomic_write_text
+
+REAL_DATASETS = ("ucf101", "hmdb51")
+SUMMARY_KEYS = {"mean", "std", "seeds"}
 
 
 def seed_summary(values) -> dict:
@@ -36,17 +48,56 @@ def _jsonable(x):
     return x
 
 
+def _output_pattern() -> re.Pattern:
+    from fusionkit.methods import list_methods
+
+    methods = "|".join(re.escape(m) for m in list_methods())
+    return re.compile(rf"^(rgb|flow|(?:{methods})(?:-[RFS])?)$")
+
+
+def _accuracy_problems(where: str, accuracy, datasets: set[str], outputs: re.Pattern) -> list[str]:
+    if not isinstance(accuracy, dict):
+        return [f"{where} must be a dict {{dataset: {{output: summary}}}}, got {type(accuracy).__name__}"]
+    problems = []
+    for dataset, by_output in accuracy.items():
+        if dataset not in datasets:
+            problems.append(f"{where}: {dataset!r} is not a dataset (a puzzle {sorted(datasets - set(REAL_DATASETS))}"
+                            f" or one of {list(REAL_DATASETS)}); put a variant under 'variants'")
+            continue
+        for output, summary in by_output.items():
+            if not outputs.match(output):
+                problems.append(f"{where}[{dataset!r}]: {output!r} is not a model output (rgb, flow, <method> or "
+                                f"<method>-R/-F/-S); put a variant under 'variants'")
+            if not isinstance(summary, dict) or set(summary) != SUMMARY_KEYS:
+                problems.append(f"{where}[{dataset!r}][{output!r}] must be seed_summary(...) ({sorted(SUMMARY_KEYS)})")
+    return problems
+
+
+def validate_results(results: dict) -> list[str]:
+    """Every way ``results`` departs from the schema above (an empty list when it follows it)."""
+    from fusionkit.data.puzzles import PUZZLES
+
+    datasets, outputs = set(PUZZLES) | set(REAL_DATASETS), _output_pattern()
+    problems = [f"missing key {k!r}" for k in ("notebook", "params", "accuracy", "extra") if k not in results]
+    extra_keys = set(results) - {"notebook", "params", "accuracy", "variants", "extra"}
+    problems += [f"unknown top-level key {k!r}" for k in sorted(extra_keys)]
+    problems += _accuracy_problems("accuracy", results.get("accuracy", {}), datasets, outputs)
+    for label, accuracy in (results.get("variants") or {}).items():
+        problems += _accuracy_problems(f"variants[{label!r}]", accuracy, datasets, outputs)
+    return problems
+
+
 def save_results(notebook: str, params: dict, accuracy: dict, extra: dict | None = None,
-                 results_dir: str | os.PathLike = "figures/results") -> Path:
-    """Write the schema above to ``<results_dir>/<notebook>.json`` (atomically) and return its path."""
-    for where, outputs in accuracy.items():
-        for output, summary in outputs.items():
-            if set(summary) != {"mean", "std", "seeds"}:
-                raise ValueError(f"accuracy[{where!r}][{output!r}] must be seed_summary(...) "
-                                 f"({{'mean', 'std', 'seeds'}}), got keys {sorted(summary)}")
+                 results_dir: str | os.PathLike = "figures/results", variants: dict | None = None) -> Path:
+    """Write the schema above to ``<results_dir>/<notebook>.json`` (atomically) and return its path;
+    ValueError listing every departure from the schema, before anything is written."""
+    results = _jsonable({"notebook": notebook, "params": params, "accuracy": accuracy, "variants": variants or {},
+                         "extra": extra or {}})
+    problems = validate_results(results)
+    if problems:
+        raise ValueError(f"{notebook}: the results do not follow the schema:\n  " + "\n  ".join(problems))
     path = Path(results_dir) / f"{notebook}.json"
-    atomic_write_text(path, json.dumps(_jsonable({"notebook": notebook, "params": params, "accuracy": accuracy,
-                                                  "extra": extra or {}}), indent=1))
+    atomic_write_text(path, json.dumps(results, indent=1))
     return path
 
 

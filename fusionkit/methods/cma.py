@@ -64,7 +64,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock, conv1x1, register_fusion
+from typing import Sequence
+
+from fusionkit.fusion import FusionBlock, FusionChain, build_fusion, conv1x1, register_fusion
+from fusionkit.methods.recipe import Method, register_method
+from fusionkit.models.backbones import StagedBackbone
+from fusionkit.models.positions import Position, PositionLike, order_positions
+from fusionkit.models.two_stream import TwoStreamNet, channels_at, probe_backbone
 
 __all__ = ["CrossModalityAttention", "CMABlock", "NonLocalBlock"]
 
@@ -350,3 +356,93 @@ class NonLocalBlock(_AttentionFusion):
         new_rgb = rgb if self.rgb_attention is None else self.rgb_attention(rgb, rgb)
         new_flow = flow if self.flow_attention is None else self.flow_attention(flow, flow)
         return new_rgb, new_flow
+
+
+# ---- the network: where the blocks go (§4.2) and what the -R prediction costs (Table 2) ----------
+def cma_positions(backbone: StagedBackbone) -> list[str]:
+    """Where Chi et al. insert CMA blocks (§4.2): "5 CMA blocks in res_3 and res_4 to every other
+    residual block" -- for a ResNet, children 1, 3 of stage2 (res_3) and 1, 3, 5 of stage3 (res_4) in
+    ResNet-50. For other staged backbones the same rule: every other child (the second, fourth, ...)
+    of the two stages before the last."""
+    positions = []
+    for stage in backbone.stage_names[-3:-1]:
+        n = len(list(backbone.stages[stage].children()))
+        positions += [str(Position(stage, i)) for i in range(1, n, 2)]
+    return positions
+
+
+def cma(num_classes: int, positions: Sequence[PositionLike] | None = None, fusion: str | Sequence[str] = "cma",
+        rgb_weight: float = 5 / 6, fusion_options: dict | Sequence[dict] | None = None, **network) -> TwoStreamNet:
+    """Cross-modality attention network: ``fusion`` (``cma``, or ``nonlocal`` for the same-modality
+    case) after each of ``positions`` (default :func:`cma_positions`, the paper's preset). Outputs
+    ``cma-R``, ``-F`` and ``-S`` = w p_R + (1 - w) p_F, with the paper's 5:1 weighting for a model
+    whose RGB branch was trained last (``rgb_weight``).
+
+    A sequence of blocks is applied in turn at each position (a :class:`FusionChain`), with one
+    ``fusion_options`` dict per block: Table 4's "CMA + non-local" is ``fusion=("nonlocal", "cma")``,
+    ``fusion_options=({"directions": "rgb"}, {})`` (non-local blocks in the RGB branch only, each
+    followed by a CMA block)."""
+    probe = probe_backbone(**network)
+    positions = list(positions) if positions is not None else cma_positions(probe)
+    names = [fusion] if isinstance(fusion, str) else list(fusion)
+    options = [fusion_options or {}] if isinstance(fusion_options, dict) or fusion_options is None else list(fusion_options)
+    if len(options) != len(names):
+        raise ValueError(f"cma: {len(names)} blocks {names} but {len(options)} fusion_options; give one dict per block")
+
+    def build(position: PositionLike):
+        c = channels_at(probe, position)
+        chain = [build_fusion(n, rgb_channels=c, flow_channels=c, **o) for n, o in zip(names, options)]
+        return chain[0] if len(chain) == 1 else FusionChain(chain)
+
+    network.setdefault("method", "cma")  # the non-local method names its outputs after itself
+    return TwoStreamNet(num_classes, fusion_blocks={p: build(p) for p in positions}, keep_flow_tower=True,
+                        rgb_weight=rgb_weight, **network)
+
+
+def nonlocal_network(num_classes: int, positions: Sequence[PositionLike] | None = None, directions: str = "both",
+                     rgb_weight: float = 5 / 6, **network) -> TwoStreamNet:
+    """Non-local blocks (Wang et al. 2018) at CMA's positions (:func:`cma_positions`) in each tower
+    (``directions="rgb"``: the RGB tower only, as Chi et al. Table 4 do), towers trained separately;
+    outputs ``nonlocal-R``, ``-F``, ``-S``. The 5:1 ``rgb_weight`` is inherited from the ``cma`` network
+    (what the committed results used); §5.2 fuses separately trained streams with equal weights."""
+    return cma(num_classes, positions=positions, fusion="nonlocal", fusion_options={"directions": directions},
+               rgb_weight=rgb_weight, method="nonlocal", **network)
+
+
+def rgb_prediction_parameters(model: TwoStreamNet) -> int:
+    """Parameters the ``-R`` prediction of a CMA-style network depends on (Chi et al. Table 2 counts
+    them relative to one ResNet-50): the RGB tower and classifier, every RGB-side attention unit, the
+    flow-side units before the last fusion point (they shape the flow features read later), and the
+    flow tower up to the last fusion point."""
+    positions = order_positions((Position.from_key(k) for k in model.fusion_blocks), model.rgb_tower.stage_names)
+    if not positions:
+        raise ValueError("the model has no fusion blocks: its -R prediction is the RGB tower alone")
+    last = positions[-1]
+    last_stage = model.rgb_tower.stage_names.index(last.stage)
+    last_child = last.child if last.child is not None else 10**6
+
+    def count(module: nn.Module | None) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    total = count(model.rgb_tower) + count(model.rgb_head)
+    for position in positions:
+        block = model.block_at(position)
+        total += sum(count(m) for m in block.branch_modules("rgb"))
+        if position != last:
+            total += sum(count(m) for m in block.branch_modules("flow"))
+    for name in model.flow_tower.stage_names[:last_stage]:
+        total += count(model.flow_tower.stages[name])
+    stage = model.flow_tower.stages[model.flow_tower.stage_names[last_stage]]
+    total += sum(count(child) for i, child in enumerate(stage.children()) if i <= last_child)
+    return total
+
+
+register_method(Method(
+    name="cma", build=cma, schedule="alternate", pretrain="late", initialise=("flow_tower.", "flow_head."),
+    description="Cross-modality attention (Chi et al. 2019): CMA blocks in both branches (every other residual "
+                "block of the two stages before the last), the flow branch trained first on its own (Sec. 4.3), "
+                "then the branches trained in turn with the other frozen (iterations; RGB first), outputs -R/-F/-S."))
+register_method(Method(
+    name="nonlocal", build=nonlocal_network, schedule="separate",
+    description="Non-local blocks (Wang et al. 2018) at CMA's positions in each tower, the towers trained "
+                "separately: CMA's same-modality special case (Chi et al. Table 4)."))

@@ -40,9 +40,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock, register_fusion
+from dataclasses import replace
 
-__all__ = ["MessagePassing", "FUSIONS_OF_MESSAGES"]
+import torch.nn.functional as F
+
+from fusionkit.fusion import FusionBlock, build_fusion, register_fusion
+from fusionkit.methods.recipe import Method, register_method
+from fusionkit.models.two_stream import TwoStreamNet, probe_backbone
+from fusionkit.training.schedules import register_schedule
+from fusionkit.training.trainer import TrainConfig
+
+__all__ = ["MessagePassing", "FUSIONS_OF_MESSAGES", "cmmp", "adversarial_objective"]
 
 FUSIONS_OF_MESSAGES = {
     "mean": lambda x, m: (x + m) / 2,  # the paper's choice (§3.2)
@@ -117,3 +125,55 @@ class MessagePassing(FusionBlock):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, messages={self.messages!r}, fusion={self.fusion!r}"
+
+
+# ---- the network (Fig. 2) ------------------------------------------------------------------------
+def cmmp(num_classes: int, messages: str = "lstm", fusion: str = "mean", own_gradients: bool = False,
+         rgb_weight: float = 0.5, **network) -> TwoStreamNet:
+    """Cross-modal message passing (Fig. 2): the towers' per-segment features exchange LSTM messages
+    after the last stage (:class:`MessagePassing`; ``fusion`` is Eq. 2's fusion function, ``messages=
+    "identity"`` Table 1's SUM/MAX rows, which fuse the other stream's features themselves), each
+    stream classifies its fused sequence; outputs ``cmmp-R`` (appearance, the paper's "spatial"),
+    ``cmmp-F`` (motion, "temporal") and ``cmmp-S``, their weighted average ("fusion", §3.1)."""
+    c = probe_backbone(**network).out_channels
+    block = build_fusion("cmmp", rgb_channels=c, flow_channels=c, messages=messages, fusion=fusion,
+                         own_gradients=own_gradients)
+    return TwoStreamNet(num_classes, temporal_fusion=block, keep_flow_tower=True, rgb_weight=rgb_weight,
+                        method="cmmp", **network)
+
+
+# ---- the adversarial objective (Eq. 3-5) -----------------------------------------------------------
+def adversarial_objective(out, labels):
+    """CMMP's competing objective (Eq. 3-5): for the appearance network
+    ``AL_a = L_a + max(L_a - L_m, 0)`` and for the motion network ``AL_m = L_m + max(L_m - L_a, 0)``,
+    with L the cross-entropy of each stream's classifier (``out.roles``: ``rgb`` appearance, ``flow`` motion).
+
+    The other stream's loss inside the hinge is a constant (detached): the hinge doubles a
+    network's own gradient while it trails the other and vanishes once it is ahead; no network is
+    pushed to raise the other's loss. Each AL otherwise back-propagates through everything its
+    stream's scores depend on, the message generators and (through them) the other tower included,
+    as §3.4 trains "the whole network jointly". For the strict reading, in which each AL reaches only
+    its own network's parameters, build the model with ``own_gradients=True`` (why that is not the
+    default: see :class:`MessagePassing`)."""
+    appearance, motion = out.roles["rgb"], out.roles["flow"]
+    loss_a = F.cross_entropy(out[appearance], labels)
+    loss_m = F.cross_entropy(out[motion], labels)
+    return {f"AL_{appearance}": loss_a + torch.relu(loss_a - loss_m.detach()),
+            f"AL_{motion}": loss_m + torch.relu(loss_m - loss_a.detach())}
+
+
+# stage 1 is the method's `pretrain` (streams on cross-entropy), stage 2 the adversarial objective (§3.4)
+register_schedule("two_stage")(lambda config: adversarial_objective)
+
+
+def configure(config: TrainConfig, adversarial: bool = True) -> TrainConfig:
+    """``adversarial=False``: Table 1's "+noAL" rows, stage 2 on each stream's cross-entropy."""
+    return config if adversarial else replace(config, schedule="finetune")
+
+
+register_method(Method(
+    name="cmmp", build=cmmp, schedule="two_stage", pretrain="late", configure=configure,
+    description="Cross-modal message passing (Wang et al. 2018): 2-layer LSTM messages between the streams' "
+                "per-segment features, averaged into each stream (Eq. 1-2); streams pretrained with cross-entropy, "
+                "then the whole network on the adversarial objective (Eq. 4-5, Sec. 3.4); adversarial=False is "
+                "Table 1's CMMP+noAL."))

@@ -1,25 +1,41 @@
-"""Named recipes: a method = a model + an objective/schedule + training defaults.
+"""What a method is and how one is run: :class:`Method`, the registry, :func:`build_model`,
+:func:`run_method`, :func:`load_run`.
 
-``get_method("late")`` says how the original two-stream network is built and trained;
-:func:`run_method` trains one on a dataset and evaluates it. Later methods (conv fusion, CMMP,
-CCS, CMA) register their own recipes here.
+A method = a model builder whose typed signature is its configuration + a training schedule +
+training defaults (and, for methods started from separately trained streams, what they start
+from). One name per method: its registry key, its model, its benchmark row, the prefix of its
+outputs and its key in results files. Each paper's module (:mod:`fusionkit.methods.late`,
+:mod:`~fusionkit.methods.conv_fusion`, :mod:`~fusionkit.methods.cmmp`, :mod:`~fusionkit.methods.ccs`,
+:mod:`~fusionkit.methods.cma`) registers its methods here.
+
+Options. A method's *model options* are its builder's keyword parameters plus the options every
+two-stream network takes (:data:`NETWORK_OPTIONS`: backbone, new_length, dropout, ...); its
+*training options* are the keyword parameters of its ``configure`` function, which maps them to the
+:class:`~fusionkit.training.trainer.TrainConfig` (e.g. CMMP's ``adversarial=False`` is Table 1's
+CMMP+noAL). :func:`method_options` lists both with their types and defaults; an unknown option is
+refused with the list of valid ones.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 from torch import nn
 
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import TwoStreamDataset
-from fusionkit.distributed import is_main_process
-from fusionkit.evaluate import evaluate
-from fusionkit.models.two_stream import build_model
+from fusionkit.models.two_stream import TwoStreamNet
 from fusionkit.registry import Registry
-from fusionkit.train import CHECKPOINT, TrainConfig, Trainer, alternate_final_rgb_weight, seed_everything
+from fusionkit.training.distributed import is_main_process
+from fusionkit.training.evaluate import evaluation_report
+from fusionkit.training.runtime import seed_everything
+from fusionkit.training.schedules import alternate_final_rgb_weight
+from fusionkit.training.trainer import CHECKPOINT, TrainConfig, Trainer
 
 
 @dataclass(frozen=True)
@@ -34,17 +50,21 @@ class Method:
     """
 
     name: str
-    model: str  # a registered model name (fusionkit.models.two_stream.build_model)
-    schedule: str  # a fusionkit.train schedule
+    build: Callable[..., nn.Module]  # (num_classes, **model options) -> the network
+    schedule: str  # a fusionkit.training.schedules schedule
     description: str
-    model_defaults: dict = field(default_factory=dict)
     train_defaults: dict = field(default_factory=dict)
     pretrain: str | None = None
     initialise: tuple[str, ...] | None = None
     finetune: str = "all"
+    configure: Callable[..., TrainConfig] | None = None  # (config, **training options) -> config
+
+    @property
+    def summary(self) -> str:
+        return re.split(r"(?<! al)\. ", self.description)[0].rstrip(".") + "."
 
 
-METHODS = Registry("method")
+METHODS = Registry("method", provider="fusionkit.methods")
 
 
 def register_method(method: Method) -> Method:
@@ -55,49 +75,70 @@ def get_method(name: str) -> Method:
     return METHODS.lookup(name)
 
 
-register_method(Method(
-    name="late", model="late", schedule="separate",
-    description="Two-stream network (Simonyan & Zisserman 2014): RGB and flow towers trained separately, "
-                "softmax scores averaged with weight rgb_weight."))
-register_method(Method(
-    name="spatial", model="spatial", schedule="finetune", pretrain="late",
-    description="Spatial fusion (Feichtenhofer et al. 2016, Sec. 3.1-3.2): the motion stream fused into the "
-                "appearance tower by sum/max/concat/conv/bilinear at a chosen stage, fine-tuned from separately "
-                "trained streams."))
-register_method(Method(
-    name="temporal", model="temporal", schedule="finetune", pretrain="late",
-    description="Temporal fusion over the segments (Feichtenhofer et al. 2016, Sec. 3.3): 2D pooling, 3D pooling, "
-                "or 3D conv + 3D pooling after the last stage."))
-register_method(Method(
-    name="conv_fusion", model="conv_fusion", schedule="finetune", pretrain="late",
-    description="Feichtenhofer et al. 2016's architecture (Sec. 3.4): 3D conv fusion into the appearance tower at "
-                "the last conv stage, 3D pooling in both towers, both losses, predictions averaged at test."))
-register_method(Method(
-    name="cmmp", model="cmmp", schedule="two_stage", pretrain="late",
-    description="Cross-modal message passing (Wang et al. 2018): 2-layer LSTM messages between the streams' "
-                "per-segment features, averaged into each stream (Eq. 1-2); streams pretrained with cross-entropy, "
-                "then the whole network on the adversarial objective (Eq. 4-5, Sec. 3.4)."))
-register_method(Method(
-    name="cmmp_noal", model="cmmp", schedule="finetune", pretrain="late",
-    description="CMMP without the adversarial objective (Table 1's CMMP+noAL): the same network and "
-                "pretraining, fine-tuned with each stream's cross-entropy."))
-register_method(Method(
-    name="ccs", model="ccs", schedule="ccs", train_defaults={"classes_per_batch": 4, "videos_per_class": 4},
-    description="Cooperative cross-stream network (Zhang et al. 2019): connection block after the last stage, a "
-                "shared embedding layer, cross-entropy plus the inter-modality triplet and discriminative "
-                "embedding losses (Eq. 4-6), trained end to end on balanced batches (N classes x M videos)."))
-register_method(Method(
-    name="ccs_ce", model="ccs", schedule="separate",
-    description="The CCS network trained with cross-entropy only (Table 3's baseline and CB rows)."))
-register_method(Method(
-    name="cma", model="cma", schedule="alternate", pretrain="late", initialise=("flow_tower.", "flow_head."),
-    description="Cross-modality attention (Chi et al. 2019): CMA blocks in both branches (every other residual "
-                "block of the two stages before the last), the flow branch trained first on its own (Sec. 4.3), "
-                "then the branches trained in turn with the other frozen (iterations; RGB first), outputs -R/-F/-S."))
-register_method(Method(
-    name="nonlocal", model="cma", schedule="separate", model_defaults={"block": "nonlocal"},
-    description="Non-local blocks (Wang et al. 2018) at CMA's positions in each tower, the towers trained "
-                "separately: CMA's same-modality special case (Chi et al. Table 4)."))
+def list_methods() -> list[str]:
+    """The registered methods' names."""
+    return sorted(METHODS)
+
+
+# What every two-stream network takes besides what its builder sets (TwoStreamNet's parameters)
+NETWORK_OPTIONS = {name: p for name, p in inspect.signature(TwoStreamNet.__init__).parameters.items()
+                   if name in ("backbone", "new_length", "pretrained", "dropout", "head_hidden", "rgb_weight")}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: where it goes (``model`` or ``training``), its type and default."""
+
+    name: str
+    kind: str
+    annotation: Any
+    default: Any
+
+    def describe(self) -> str:
+        annotation = self.annotation if isinstance(self.annotation, str) else getattr(self.annotation, "__name__", self.annotation)
+        return f"{self.name}: {annotation} = {self.default!r}"
+
+
+def _keyword_options(fn: Callable, kind: str, skip: int) -> dict[str, Option]:
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return {p.name: Option(p.name, kind, p.annotation, p.default) for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def method_options(name: str) -> dict[str, Option]:
+    """Every option of method ``name``: its builder's (after ``num_classes``), the network's common
+    ones (:data:`NETWORK_OPTIONS`, with ``widths`` for the ``tiny`` backbone) and its training options."""
+    m = get_method(name)
+    options = _keyword_options(m.build, "model", skip=1)
+    for key, p in NETWORK_OPTIONS.items():
+        options.setdefault(key, Option(key, "model", p.annotation, p.default))
+    options.setdefault("widths", Option("widths", "model", "Sequence[int]", None))
+    if m.configure is not None:
+        options.update(_keyword_options(m.configure, "training", skip=1))
+    return options
+
+
+def split_options(name: str, options: dict) -> tuple[dict, dict]:
+    """``options`` as (model options, training options) of method ``name``; ValueError naming every
+    unknown option with the valid ones."""
+    valid = method_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"its options are: {', '.join(sorted(valid))} (`fusionkit methods {name}` lists them "
+                         f"with their defaults)")
+    model = {k: v for k, v in options.items() if valid[k].kind == "model"}
+    return model, {k: v for k, v in options.items() if valid[k].kind == "training"}
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build method ``name``'s network, e.g. ``build_model("spatial", 4, fusion="sum", position="stage2")``.
+    ``options``: the method's model options (:func:`method_options`)."""
+    model_options, training = split_options(name, options)
+    if training:
+        raise ValueError(f"{sorted(training)} {'is a training option' if len(training) == 1 else 'are training options'} "
+                         f"of {name!r}, not model options: give them to run_method")
+    return get_method(name).build(num_classes, **model_options)
 
 
 def initialise_from(model: nn.Module, source: nn.Module, prefixes: tuple[str, ...] | None = None) -> list[str]:
@@ -122,16 +163,19 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
     ``"above_fusion"``. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
     also writes ``run.json`` (what was run), the checkpoint and history (see
-    :class:`fusionkit.train.Trainer`) and ``eval.json``. Under torchrun every process trains and
+    :class:`fusionkit.training.trainer.Trainer`) and ``eval.json``. Under torchrun every process trains and
     only rank 0 evaluates and writes (the other ranks get ``metrics=None``).
     """
     m = get_method(method)
+    model_kwargs, training_options = split_options(method, model_kwargs)
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
-    kwargs = {**m.model_defaults, "new_length": train_set.new_length, **model_kwargs}
+    if m.configure is not None:
+        config = m.configure(config, **training_options)
+    kwargs = {"new_length": train_set.new_length, **model_kwargs}
     if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
         kwargs["rgb_weight"] = alternate_final_rgb_weight(config)
     seed_everything(config.seed)  # the initial weights too (torch seeds each process differently otherwise)
-    model = build_model(m.model, num_classes, backbone=backbone, **kwargs)
+    model = m.build(num_classes, backbone=backbone, **kwargs)
     if m.pretrain is not None:
         if init_from is None:
             shared = {k: v for k, v in kwargs.items() if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained")}
@@ -148,13 +192,14 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out_dir) / "run.json", json.dumps(
             {"method": method, "backbone": backbone, "num_classes": num_classes, "model_kwargs": kwargs,
-             "train": asdict(config)}, indent=1))
+             "training_options": training_options, "train": asdict(config)}, indent=1))
     history = Trainer(model, train_set, config, val_set=val_set, out_dir=out_dir).fit(resume=resume)
     metrics = None
     if test_set is not None and is_main_process():  # the whole test set, once (the other ranks are done)
-        metrics = evaluate(model, test_set, batch_size=config.batch_size, device=config.device)
+        report = evaluation_report(model, test_set, batch_size=config.batch_size, device=config.device)
+        metrics = report["metrics"]
         if writes:
-            atomic_write_text(Path(out_dir) / "eval.json", json.dumps(metrics, indent=1))
+            atomic_write_text(Path(out_dir) / "eval.json", json.dumps(report, indent=1))
     return model, history, metrics
 
 
@@ -168,8 +213,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished training run: {name} is missing")
     run = json.loads((run_dir / "run.json").read_text())
-    model = build_model(get_method(run["method"]).model, run["num_classes"], backbone=run["backbone"],
-                        **{**run["model_kwargs"], "pretrained": False})
+    model = get_method(run["method"]).build(run["num_classes"], backbone=run["backbone"],
+                                            **{**run["model_kwargs"], "pretrained": False})
     state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     info_path = run_dir / "dataset.json"

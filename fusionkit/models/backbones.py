@@ -2,7 +2,7 @@
 
 A :class:`StagedBackbone` is a sequence of stages named ``stem``, ``stage1``, ..., ``stageN``,
 each with known output channels and stride. The two-stream network runs an RGB tower and a flow
-tower stage by stage and applies fusion blocks between stages (DESIGN.md, "Staged backbone").
+tower stage by stage and applies fusion blocks between stages (docs/architecture.md).
 Backbones return feature maps ``[N, C, H, W]``; pooling and classifiers live in the heads.
 
 Registered backbones (``get_backbone(name, in_channels, pretrained)``):

@@ -10,8 +10,12 @@ With a 3D backbone (``r3d_18``, ``r2plus1d_18``) the towers see each video's T s
 instead: ``[B, 3, T, H, W]`` frames and ``[B, 2L, T, H, W]`` flow stacks, fusion blocks get 3D maps
 (Chi et al. §5.6, "the input of CMA blocks are all 3D") and the classifiers pool over (T, H, W).
 
-Where fusion blocks go: a dict from a position to a block. ``"stage3"`` means after stage3 of
-both towers; ``"stage3.1"`` means after the second child (e.g. residual block) of stage3.
+Where fusion blocks go: a dict from a position (:class:`~fusionkit.models.positions.Position`) to a
+block. ``"stage3"`` means after stage3 of both towers; ``"stage3.1"`` after the second child (e.g.
+residual block) of stage3.
+
+The model builders of the papers (``late``, ``spatial``, ``conv_fusion``, ``cmmp``, ``ccs``, ``cma``,
+``nonlocal``) are in :mod:`fusionkit.methods`, one module per paper; this is the network they share.
 """
 from __future__ import annotations
 
@@ -20,23 +24,43 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock
+from fusionkit.fusion import FusionBlock
 from fusionkit.models.backbones import StagedBackbone, get_backbone
-from fusionkit.registry import Registry
+from fusionkit.models.positions import Position, PositionLike, order_positions
+
+ROLES = ("rgb", "flow", "fused")
+
+
+def output_names(method: str, separate_streams: bool, flow_kept: bool = True) -> dict[str, str]:
+    """The names of a network's outputs by role: the appearance tower's prediction (``rgb``), the
+    motion tower's (``flow``) and the fused one (``fused``). Two plain towers (the original
+    two-stream network) are ``rgb``, ``flow`` and the method's name; a network whose towers contain
+    fusion (or attention) blocks names them ``<method>-R``, ``-F`` and ``-S`` as Chi et al. do; once the
+    motion tower is truncated at the fusion point the only prediction is the fused one, ``<method>-S``."""
+    if separate_streams:
+        return {"rgb": "rgb", "flow": "flow", "fused": method}
+    if not flow_kept:
+        return {"fused": f"{method}-S"}
+    return {"rgb": f"{method}-R", "flow": f"{method}-F", "fused": f"{method}-S"}
 
 
 class TwoStreamOutput(dict):
-    """Named ``[B, K]`` scores. Each tower's classifier gives logits: ``"rgb"`` and ``"flow"`` for
-    towers that stayed separate, the method's name for the appearance tower once the motion stream
-    has been fused into it. Score-level fusions (late fusion; a fused tower averaged with the kept
-    motion tower, the paper's "+") are log-probabilities, so ``argmax`` and ``cross_entropy`` apply
-    alike. ``heads`` names the outputs that have a classifier of their own (what a loss trains),
-    ``fused`` the method's final output, ``extras`` what objectives and visualisations need."""
+    """Named ``[B, K]`` scores, with their roles. ``roles`` maps ``"rgb"``, ``"flow"`` and ``"fused"`` to
+    output names (:func:`output_names`): code finds the appearance, motion and fused predictions
+    there, never by parsing names. Each tower's classifier gives logits; the score-level fusion
+    (late fusion; a fused tower averaged with the kept motion tower, Feichtenhofer's "+") is
+    log-probabilities, so ``argmax`` and ``cross_entropy`` apply alike. ``heads`` names the outputs
+    that have a classifier of their own (what a loss trains: the ``rgb`` then the ``flow`` role),
+    ``fused`` the final output's name, ``extras`` what objectives and visualisations need."""
 
-    def __init__(self, scores: Mapping[str, torch.Tensor], fused: str | None = None, heads: Sequence[str] = (),
+    def __init__(self, scores: Mapping[str, torch.Tensor], roles: Mapping[str, str], heads: Sequence[str] = (),
                  extras: dict | None = None):
         super().__init__(scores)
-        self.fused = fused
+        if set(roles) - set(ROLES) or "fused" not in roles or set(roles.values()) - set(scores):
+            raise ValueError(f"roles must map a subset of {ROLES} (with 'fused') to outputs {sorted(scores)}, "
+                             f"got {dict(roles)}")
+        self.roles = dict(roles)
+        self.fused = self.roles["fused"]
         self.heads = list(heads)
         self.extras = extras or {}
 
@@ -100,33 +124,32 @@ class TwoStreamNet(nn.Module):
             motion tower running to its own classifier (Feichtenhofer's "+", Table 4) or truncate it
             at the fusion point (Fig. 2 left).
         rgb_weight: the RGB (or fused tower's) share w of the score-level fusion.
-        fused_name: the name of the fused output (the method's name, e.g. ``"late"``).
+        method: the method's name, which names the outputs (:func:`output_names`).
         dropout: before each classifier (TSN uses 0.8 for RGB, 0.7 for flow on UCF-101).
         head_hidden: width of a per-location layer in each classifier (see :class:`ClassifierHead`).
-        branch_names: name the outputs ``<method>-R``, ``-F``, ``-S`` (RGB branch, flow branch, their
-            weighted sum), as Chi et al. do for networks whose branches exchange information.
         embedding: a module mapping both towers' last maps to embeddings ``[N, D]`` (one module for
-            both: CCS's shared block, :class:`~fusionkit.fusion.ccs.SharedEmbedding`). The classifiers
+            both: CCS's shared block, :class:`~fusionkit.methods.ccs.SharedEmbedding`). The classifiers
             then read the embeddings, and ``out.extras["embeddings"]`` holds each video's
             ``{"rgb": z_f, "flow": z_o}`` (the snippets' embeddings averaged, TSN's consensus).
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", new_length: int = 5, pretrained: bool = False,
                  fusion_blocks: Mapping[str, FusionBlock] | None = None, temporal_fusion: FusionBlock | None = None,
-                 keep_flow_tower: bool = True, rgb_weight: float = 0.5, fused_name: str = "late",
-                 dropout: float = 0.5, head_hidden: int | None = None, branch_names: bool = False,
+                 keep_flow_tower: bool = True, rgb_weight: float = 0.5, method: str = "late",
+                 dropout: float = 0.5, head_hidden: int | None = None,
                  embedding: nn.Module | None = None, **backbone_kwargs):
         super().__init__()
-        self.num_classes, self.new_length, self.rgb_weight, self.fused_name = num_classes, new_length, rgb_weight, fused_name
+        self.num_classes, self.new_length, self.rgb_weight, self.method = num_classes, new_length, rgb_weight, method
         self.rgb_tower: StagedBackbone = get_backbone(backbone, in_channels=3, pretrained=pretrained, **backbone_kwargs)
         self.flow_tower: StagedBackbone = get_backbone(backbone, in_channels=2 * new_length, pretrained=pretrained,
                                                        **backbone_kwargs)
-        blocks = dict(fusion_blocks or {})
+        blocks = {Position.parse(p): b for p, b in (fusion_blocks or {}).items()}
         rgb_channels = self.rgb_tower.out_channels
+        children = {name: len(list(stage.children())) for name, stage in self.rgb_tower.stages.items()}
         for position, block in blocks.items():
-            self._check_position(position)
+            position.check(self.rgb_tower.stage_names, children)
             if block.out_channels != block.rgb_channels:
-                if position != self.rgb_tower.stage_names[-1]:
+                if position != Position(self.rgb_tower.stage_names[-1]):
                     raise ValueError(f"fusion block {type(block).__name__} at {position!r} changes the channels "
                                      f"({block.rgb_channels} -> {block.out_channels}); the next layer expects "
                                      f"{block.rgb_channels}. Put it after the last stage ({self.rgb_tower.stage_names[-1]!r}).")
@@ -138,11 +161,13 @@ class TwoStreamNet(nn.Module):
         if self.rgb_tower.dims == 3 and temporal_fusion is not None:
             raise ValueError(f"backbone {backbone!r} is 3D: its towers already see the T snippets as a clip, so "
                              "there is no per-snippet feature map for temporal_fusion to stack; leave it out")
-        self.rgb_is_fused = bool(fusing)
         self.keep_flow_tower = keep_flow_tower
-        self.branch_names = branch_names
-        # ModuleDict keys may not contain ".": store "stage3.1" as "stage3:1"
-        self.fusion_blocks = nn.ModuleDict({p.replace(".", ":"): b for p, b in blocks.items()})
+        # ModuleDict keys may not contain ".": "stage3.1" is stored as "stage3:1" (Position.key)
+        self.fusion_blocks = nn.ModuleDict({p.key: b for p, b in blocks.items()})
+        self._between_children = {}  # stage -> {child index: block key}, read at every forward
+        for p in blocks:
+            if p.child is not None:
+                self._between_children.setdefault(p.stage, {})[p.child] = p.key
         self.temporal_fusion = temporal_fusion
         if temporal_fusion is not None:
             rgb_channels = temporal_fusion.out_channels
@@ -158,18 +183,17 @@ class TwoStreamNet(nn.Module):
         self.flow_head = ClassifierHead(flow_channels, num_classes, dropout, head_hidden) if keep_flow_tower else None
         self.frozen: list[nn.Module] = []
 
-    def _check_position(self, position: str) -> None:
-        stage, _, child = position.partition(".")
-        if stage not in self.rgb_tower.stage_names:
-            raise ValueError(f"fusion position {position!r}: no stage {stage!r}; stages are {self.rgb_tower.stage_names}")
-        if child:
-            n = len(list(self.rgb_tower.stages[stage].children()))
-            if not child.isdigit() or int(child) >= n:
-                raise ValueError(f"fusion position {position!r}: stage {stage!r} has children 0..{n - 1}")
+    @property
+    def positions(self) -> list[Position]:
+        """The fusion positions, from input to output."""
+        return order_positions((Position.from_key(k) for k in self.fusion_blocks), self.rgb_tower.stage_names)
+
+    def block_at(self, position: PositionLike) -> FusionBlock:
+        return self.fusion_blocks[Position.parse(position).key]
 
     def _stage_positions(self, stage: str) -> dict[int, FusionBlock]:
-        prefix = f"{stage}:"
-        return {int(k[len(prefix):]): b for k, b in self.fusion_blocks.items() if k.startswith(prefix)}
+        """The blocks between the children of ``stage``, by child index."""
+        return {i: self.fusion_blocks[k] for i, k in self._between_children.get(stage, {}).items()}
 
     def _fuse(self, block: FusionBlock, rgb: torch.Tensor, flow: torch.Tensor | None):
         rgb, flow = block(rgb, flow)
@@ -223,22 +247,17 @@ class TwoStreamNet(nn.Module):
         extras = {}
         if self.embedding is not None:  # each video's embeddings: its snippets' averaged (3D towers: one clip)
             extras["embeddings"] = {k: x.flatten(1).view(b, -1, x.shape[1]).mean(1) for k, x in (("rgb", r), ("flow", f))}
-        rgb_name, flow_name, fused = self.output_names()
-        if flow_logits is None:
-            return TwoStreamOutput({rgb_name: rgb_logits}, fused=rgb_name, heads=[rgb_name])
-        scores = {rgb_name: rgb_logits, flow_name: flow_logits,
-                  fused: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
-        return TwoStreamOutput(scores, fused=fused, heads=[rgb_name, flow_name], extras=extras)
+        roles = self.output_roles()
+        if flow_logits is None:  # the motion tower was truncated at the fusion point
+            return TwoStreamOutput({roles["fused"]: rgb_logits}, roles, heads=[roles["fused"]], extras=extras)
+        scores = {roles["rgb"]: rgb_logits, roles["flow"]: flow_logits,
+                  roles["fused"]: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
+        return TwoStreamOutput(scores, roles, heads=[roles["rgb"], roles["flow"]], extras=extras)
 
-    def output_names(self) -> tuple[str, str, str]:
-        """(appearance tower, motion tower, score fusion) output names: ``rgb``/``flow``/method for
-        separate towers; method/``flow``/method+"+" once the motion stream feeds the appearance
-        tower; ``-R``/``-F``/``-S`` when both towers exchange information (``branch_names``)."""
-        if self.branch_names:
-            return f"{self.fused_name}-R", f"{self.fused_name}-F", f"{self.fused_name}-S"
-        if self.rgb_is_fused:
-            return self.fused_name, "flow", self.fused_name + "+"
-        return "rgb", "flow", self.fused_name
+    def output_roles(self) -> dict[str, str]:
+        """This network's output names by role (:func:`output_names`)."""
+        separate = not self.fusion_blocks and self.temporal_fusion is None and self.embedding is None
+        return output_names(self.method, separate, flow_kept=self.flow_head is not None)
 
     # -- fine-tuning only what sits above the fusion point (Feichtenhofer et al. §3.5) ----------
     def freeze_below_fusion(self) -> list[str]:
@@ -246,22 +265,21 @@ class TwoStreamNet(nn.Module):
         the injected fusion layers and what follows them ("We only propagate back to the injected
         fusion layer", §3.5). Frozen layers also stay in eval mode (BatchNorm statistics fixed).
         Returns the names of the frozen stages."""
-        positions = [k.replace(":", ".") for k in self.fusion_blocks]
+        positions = self.positions
         if self.temporal_fusion is not None:
-            positions.append(self.rgb_tower.stage_names[-1])
+            positions.append(Position(self.rgb_tower.stage_names[-1]))
         if not positions:
             raise ValueError("this model has no fusion point to freeze below")
-        order = {name: i for i, name in enumerate(self.rgb_tower.stage_names)}
-        first = min(positions, key=lambda p: (order[p.partition(".")[0]], int(p.partition(".")[2] or 10**6)))
-        stage, _, child = first.partition(".")
+        first = order_positions(positions, self.rgb_tower.stage_names)[0]
+        stage_index = self.rgb_tower.stage_names.index(first.stage)
         frozen_names = []
         for tower in (self.rgb_tower, self.flow_tower):
-            for name in tower.stage_names[: order[stage] + (0 if child else 1)]:
+            for name in tower.stage_names[: stage_index + (0 if first.child is not None else 1)]:
                 self.frozen.append(tower.stages[name])
                 frozen_names.append(name)
-            if child:
-                self.frozen.extend(list(tower.stages[stage].children())[: int(child) + 1])
-                frozen_names.append(f"{stage}.0-{child}")
+            if first.child is not None:
+                self.frozen.extend(list(tower.stages[first.stage].children())[: first.child + 1])
+                frozen_names.append(f"{first.stage}.0-{first.child}")
         for module in self.frozen:
             module.requires_grad_(False)
         self.train(self.training)
@@ -299,186 +317,13 @@ class TwoStreamNet(nn.Module):
         return self
 
 
-MODELS = Registry("model")
-register_model = MODELS.register  # for functions ``(num_classes, **kwargs) -> nn.Module``
+def probe_backbone(backbone: str = "tiny", **backbone_kwargs) -> StagedBackbone:
+    """The backbone a model will use (no weights loaded), to read its stages and channels before
+    the blocks that sit between them are built."""
+    return get_backbone(backbone, **{k: v for k, v in backbone_kwargs.items() if k == "widths"})
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered model by method name, e.g. ``build_model("late", 4, backbone="tiny")``."""
-    return MODELS.lookup(name)(num_classes, **kwargs)
-
-
-@register_model("late")
-def late(num_classes: int, **kwargs) -> TwoStreamNet:
-    """The original two-stream network: towers trained separately, softmax scores averaged."""
-    return TwoStreamNet(num_classes, fused_name="late", **kwargs)
-
-
-def _probe_backbone(kwargs: dict) -> StagedBackbone:
-    """The backbone a model built with ``kwargs`` will use (no weights loaded), to read its stages
-    and channels before the blocks that sit between them are built."""
-    return get_backbone(kwargs.get("backbone", "tiny"), **{k: v for k, v in kwargs.items() if k == "widths"})
-
-
-def _channels_at(tower: StagedBackbone, position: str) -> int:
+def channels_at(tower: StagedBackbone, position: PositionLike) -> int:
     """Channels of the feature map at a fusion position: a stage's output channels (every child of a
     stage, e.g. each residual block, outputs the stage's channels)."""
-    return tower.stage_channels[position.partition(".")[0]]
-
-
-@register_model("spatial")
-def spatial(num_classes: int, fusion: str = "conv", position: str | None = None, keep_flow_tower: bool = False,
-            fusion_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
-    """Spatial fusion (Feichtenhofer et al. §3.1-3.2): the motion stream fused into the appearance
-    tower by a registered block (``sum``, ``max``, ``concat``, ``conv``, ``bilinear``) at ``position``
-    (default: the end of the last stage, the paper's ReLU5). The motion tower is truncated there
-    unless ``keep_flow_tower`` (Table 4's "+"). Fusing at the last stage, give the classifier a
-    per-location layer (``head_hidden``, the fc6 analogue) or the fusion stays linear up to pooling."""
-    from fusionkit.fusion import build_fusion
-
-    probe = _probe_backbone(kwargs)
-    position = position or probe.stage_names[-1]
-    c = _channels_at(probe, position)
-    block = build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_kwargs or {}))
-    return TwoStreamNet(num_classes, fusion_blocks={position: block}, keep_flow_tower=keep_flow_tower,
-                        fused_name=fusion, **kwargs)
-
-
-@register_model("temporal")
-def temporal(num_classes: int, temporal: str = "conv3d_pool3d", spatial_fusion: str | None = "conv",
-             temporal_kwargs: dict | None = None, **kwargs) -> TwoStreamNet:
-    """Temporal fusion over the T segments (Feichtenhofer et al. §3.3, Fig. 3) after the last stage.
-
-    ``conv3d_pool3d`` fuses the streams itself (Eq. 6). The pooling variants (``pool2d``, ``pool3d``)
-    pool each stream, so a spatial fusion block (``spatial_fusion``, default ``conv``) first fuses
-    the motion stream into the appearance tower at the last stage; both towers are kept."""
-    from fusionkit.fusion import build_fusion
-
-    probe = _probe_backbone(kwargs)
-    c = probe.out_channels
-    block = build_fusion(temporal, rgb_channels=c, flow_channels=c, **(temporal_kwargs or {}))
-    blocks = {}
-    if not block.fuses_streams and spatial_fusion is not None:
-        blocks[probe.stage_names[-1]] = build_fusion(spatial_fusion, rgb_channels=c, flow_channels=c)
-    kwargs.setdefault("fused_name", temporal)
-    return TwoStreamNet(num_classes, fusion_blocks=blocks, temporal_fusion=block, keep_flow_tower=True, **kwargs)
-
-
-@register_model("conv_fusion")
-def conv_fusion(num_classes: int, **kwargs) -> TwoStreamNet:
-    """Feichtenhofer et al.'s proposed architecture (§3.4, Fig. 4): 3D conv fusion at the last conv
-    stage into the appearance tower, 3D pooling in both towers, the motion tower kept with its own
-    loss, the two towers' predictions averaged at test time."""
-    return temporal(num_classes, temporal="conv3d_pool3d", fused_name="conv_fusion", **kwargs)
-
-
-@register_model("cmmp")
-def cmmp(num_classes: int, messages: str = "lstm", fusion: str = "mean", own_gradients: bool = False,
-         rgb_weight: float = 0.5, **kwargs) -> TwoStreamNet:
-    """Cross-modal message passing (Wang et al. 2018, Fig. 2): the towers' per-segment features
-    exchange LSTM messages after the last stage (:class:`~fusionkit.fusion.cmmp.MessagePassing`),
-    each stream classifies its fused sequence; outputs ``cmmp-R`` (appearance / "spatial"), ``cmmp-F``
-    (motion / "temporal") and ``cmmp-S``, their weighted average ("fusion", §3.1)."""
-    from fusionkit.fusion import build_fusion
-
-    probe = _probe_backbone(kwargs)
-    c = probe.out_channels
-    block = build_fusion("cmmp", rgb_channels=c, flow_channels=c, messages=messages, fusion=fusion,
-                         own_gradients=own_gradients)
-    kwargs.setdefault("fused_name", "cmmp")
-    return TwoStreamNet(num_classes, temporal_fusion=block, keep_flow_tower=True, rgb_weight=rgb_weight,
-                        branch_names=True, **kwargs)
-
-
-@register_model("ccs")
-def ccs(num_classes: int, connection: bool = True, embedding_dim: int = 128, connection_kwargs: dict | None = None,
-        **kwargs) -> TwoStreamNet:
-    """Cooperative cross-stream network (Zhang et al. 2019, Fig. 2): a connection block after the
-    last stage (``connection=False`` leaves it out: Table 3's "CS" and baseline rows), then the
-    shared block, one fully connected layer embedding both towers' features into D dimensions
-    (:class:`~fusionkit.fusion.ccs.SharedEmbedding`), and a classifier per stream on the embeddings.
-    Outputs ``ccs-R``, ``ccs-F``, ``ccs-S``; ``out.extras["embeddings"]`` feeds the ranking losses."""
-    from fusionkit.fusion import build_fusion
-    from fusionkit.fusion.ccs import SharedEmbedding
-
-    probe = _probe_backbone(kwargs)
-    c = probe.out_channels
-    blocks = ({probe.stage_names[-1]: build_fusion("ccs", rgb_channels=c, flow_channels=c, **(connection_kwargs or {}))}
-              if connection else {})
-    kwargs.setdefault("fused_name", "ccs")
-    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, branch_names=True,
-                        embedding=SharedEmbedding(c, embedding_dim), **kwargs)
-
-
-def cma_positions(backbone: StagedBackbone) -> list[str]:
-    """Where Chi et al. insert CMA blocks (§4.2): "5 CMA blocks in res_3 and res_4 to every other
-    residual block" -- for a ResNet, children 1, 3 of stage2 (res_3) and 1, 3, 5 of stage3 (res_4) in
-    ResNet-50. For other staged backbones the same rule: every other child (the second, fourth, ...)
-    of the two stages before the last."""
-    positions = []
-    for stage in backbone.stage_names[-3:-1]:
-        n = len(list(backbone.stages[stage].children()))
-        positions += [f"{stage}.{i}" for i in range(1, n, 2)]
-    return positions
-
-
-@register_model("cma")
-def cma(num_classes: int, positions: Sequence[str] | None = None, block: str | Sequence[str] = "cma",
-        rgb_weight: float = 5 / 6, block_kwargs: dict | Sequence[dict] | None = None, **kwargs) -> TwoStreamNet:
-    """Cross-modality attention network (Chi et al. 2019): ``block`` (``cma``, or ``nonlocal`` for the
-    same-modality case) after each of ``positions`` (default :func:`cma_positions`, the paper's
-    preset). Outputs ``<block>-R``, ``-F`` and ``-S`` = w p_R + (1 - w) p_F, with the paper's 5:1
-    weighting for a model whose RGB branch was trained last (``rgb_weight``).
-
-    A sequence of blocks is applied in turn at each position (a :class:`FusionChain`), with one
-    ``block_kwargs`` dict per block: Table 4's "CMA + non-local" is ``block=("nonlocal", "cma")``,
-    ``block_kwargs=({"directions": "rgb"}, {})`` (non-local blocks in the RGB branch only, each
-    followed by a CMA block). The outputs are then named after the last block."""
-    from fusionkit.fusion import FusionChain, build_fusion
-
-    probe = _probe_backbone(kwargs)
-    positions = list(positions) if positions is not None else cma_positions(probe)
-    names = [block] if isinstance(block, str) else list(block)
-    options = [block_kwargs or {}] if isinstance(block_kwargs, dict) or block_kwargs is None else list(block_kwargs)
-    if len(options) != len(names):
-        raise ValueError(f"cma: {len(names)} block names {names} but {len(options)} block_kwargs; give one dict per block")
-
-    def build(position: str):
-        c = _channels_at(probe, position)
-        chain = [build_fusion(n, rgb_channels=c, flow_channels=c, **o) for n, o in zip(names, options)]
-        return chain[0] if len(chain) == 1 else FusionChain(chain)
-
-    return TwoStreamNet(num_classes, fusion_blocks={p: build(p) for p in positions}, keep_flow_tower=True,
-                        fused_name=names[-1], rgb_weight=rgb_weight, branch_names=True, **kwargs)
-
-
-def rgb_prediction_parameters(model: TwoStreamNet) -> int:
-    """Parameters the ``-R`` prediction of a CMA-style network depends on (Chi et al. Table 2 counts
-    them relative to one ResNet-50): the RGB tower and classifier, every RGB-side attention unit, the
-    flow-side units before the last fusion point (they shape the flow features read later), and the
-    flow tower up to the last fusion point."""
-    order = {name: i for i, name in enumerate(model.rgb_tower.stage_names)}
-
-    def key(position: str) -> tuple[int, int]:
-        stage, _, child = position.partition(".")
-        return order[stage], int(child) if child else 10**6
-
-    positions = sorted((k.replace(":", ".") for k in model.fusion_blocks), key=key)
-    if not positions:
-        raise ValueError("the model has no fusion blocks: its -R prediction is the RGB tower alone")
-    last_stage, last_child = key(positions[-1])
-
-    def count(module: nn.Module | None) -> int:
-        return sum(p.numel() for p in module.parameters()) if module is not None else 0
-
-    total = count(model.rgb_tower) + count(model.rgb_head)
-    for position in positions:
-        block = model.fusion_blocks[position.replace(".", ":")]
-        total += sum(count(m) for m in block.branch_modules("rgb"))
-        if position != positions[-1]:
-            total += sum(count(m) for m in block.branch_modules("flow"))
-    for name in model.flow_tower.stage_names[:last_stage]:
-        total += count(model.flow_tower.stages[name])
-    stage = model.flow_tower.stages[model.flow_tower.stage_names[last_stage]]
-    total += sum(count(child) for i, child in enumerate(stage.children()) if i <= last_child)
-    return total
+    return tower.stage_channels[Position.parse(position).stage]

@@ -4,7 +4,7 @@
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each; these helpers read them and join
 the process group (``nccl`` on CUDA, ``gloo`` on CPU). Without those variables every helper
 answers for a plain single process (rank 0 of 1) and :func:`init_distributed` does nothing, so the
-same code trains in a notebook, on one GPU and on eight. :class:`fusionkit.train.Trainer` calls
+same code trains in a notebook, on one GPU and on eight. :class:`fusionkit.training.trainer.Trainer` calls
 :func:`init_distributed` itself; how it uses DDP is explained there.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def init_distributed(device: torch.device) -> torch.device:
     """Join torchrun's process group if this process was started by torchrun with more than one
     process (or a group was already joined) and return the device this process trains on.
 
-    ``device`` is the configured one (:func:`fusionkit.train.resolve_device`); on CUDA each process
+    ``device`` is the configured one (:func:`fusionkit.training.trainer.resolve_device`); on CUDA each process
     gets its own GPU, ``cuda:LOCAL_RANK``, whatever index was asked for (N processes on one GPU
     would share its memory and gain nothing), and becomes the current CUDA device, so that code
     which says plain ``"cuda"`` (evaluation, ``device="auto"``) uses it too. Backend: ``nccl`` on

@@ -7,26 +7,40 @@ the network's consensus.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fusionkit.train import _autocast, _to_device, make_loader, resolve_device
+from fusionkit.training.runtime import autocast, make_loader, resolve_device, to_device
 
 
 @dataclass
 class Scores:
-    """Per-video class probabilities of every model output, with labels and video ids."""
+    """Per-video class probabilities of every model output, with labels, video ids and the outputs'
+    roles (``{"rgb": ..., "flow": ..., "fused": ...}``, :class:`~fusionkit.models.two_stream.TwoStreamOutput`)."""
 
     probs: dict[str, np.ndarray]  # output name -> [N, K]
     labels: np.ndarray  # [N]
     video_ids: list[str]
+    roles: dict[str, str] = field(default_factory=lambda: {"rgb": "rgb", "flow": "flow"})
 
-    def fused(self, rgb_weight: float, rgb: str = "rgb", flow: str = "flow") -> np.ndarray:
-        """Late fusion of two outputs' probabilities with RGB weight ``w``: w p_rgb + (1 - w) p_flow."""
+    def streams(self) -> tuple[str, str]:
+        """The (appearance, motion) outputs: what a fusion weight weighs. ValueError when the model
+        has no such pair (a truncated motion tower: nothing to weigh)."""
+        if not {"rgb", "flow"} <= set(self.roles):
+            raise ValueError(f"these scores have no pair of per-stream outputs (roles {self.roles}); a model whose "
+                             f"motion tower is truncated at the fusion point has only its fused prediction")
+        return self.roles["rgb"], self.roles["flow"]
+
+    def fused(self, rgb_weight: float, rgb: str | None = None, flow: str | None = None) -> np.ndarray:
+        """Late fusion of two outputs' probabilities with RGB weight ``w``: w p_rgb + (1 - w) p_flow
+        (by default of the per-stream outputs, :meth:`streams`)."""
+        if rgb is None or flow is None:
+            found = self.streams()
+            rgb, flow = rgb or found[0], flow or found[1]
         return rgb_weight * self.probs[rgb] + (1 - rgb_weight) * self.probs[flow]
 
 
@@ -37,17 +51,18 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 8, device: str
     device = resolve_device(device) if isinstance(device, str) else device
     model.to(device).eval()
     probs: dict[str, list[np.ndarray]] = {}
-    labels, ids = [], []
+    labels, ids, roles = [], [], {}
     for batch in make_loader(dataset, batch_size, False, 0, num_workers, device):
-        batch = _to_device(batch, device)
-        with _autocast(device):
+        batch = to_device(batch, device)
+        with autocast(device):
             out = model(batch["rgb"], batch["flow"])
+        roles = getattr(out, "roles", roles)
         for name, scores in out.items():
             # score-level fusions return log-probabilities; softmax maps them back to themselves
             probs.setdefault(name, []).append(scores.float().softmax(-1).cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         ids.extend(batch["video_id"])
-    return Scores({k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(labels), ids)
+    return Scores({k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(labels), ids, roles)
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -77,7 +92,19 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 8, device: st
     return {name: classification_metrics(p, scores.labels) for name, p in scores.probs.items()}
 
 
-def fusion_weight_sweep(scores: Scores, weights=None, rgb: str = "rgb", flow: str = "flow") -> dict:
+def evaluation_report(model: nn.Module, dataset: Dataset, batch_size: int = 8, device: str | torch.device = "auto",
+                      num_workers: int = 0, ten_crop: bool = False) -> dict:
+    """What ``eval*.json`` holds, one schema for ``fusionkit train`` and ``fusionkit evaluate``:
+    ``{"segments", "ten_crop", "roles", "metrics": {output: metrics}, "fusion_weight_sweep"}``, the
+    sweep over the per-stream outputs (None when the motion tower was truncated: nothing to weigh)."""
+    scores = predict(model, dataset, batch_size, device, num_workers)
+    sweep = fusion_weight_sweep(scores) if {"rgb", "flow"} <= set(scores.roles) else None
+    return {"segments": getattr(dataset, "num_segments", None), "ten_crop": ten_crop, "roles": scores.roles,
+            "metrics": {name: classification_metrics(p, scores.labels) for name, p in scores.probs.items()},
+            "fusion_weight_sweep": sweep}
+
+
+def fusion_weight_sweep(scores: Scores, weights=None, rgb: str | None = None, flow: str | None = None) -> dict:
     """Top-1 of late fusion as a function of the RGB weight w in [0, 1] (w = 0: flow alone)."""
     weights = np.linspace(0, 1, 21) if weights is None else np.asarray(weights, float)
     top1 = [float((scores.fused(w, rgb, flow).argmax(1) == scores.labels).mean()) for w in weights]

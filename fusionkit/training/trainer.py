@@ -1,26 +1,4 @@
-"""The trainer: schedules, optimisers, LR schedules, AMP, checkpoints that resume.
-
-Schedules (DESIGN.md "Method"):
-
-- ``separate``: each stream trained on its own with its own cross-entropy, as the original
-  two-stream network (Simonyan & Zisserman 2014). The towers share no parameters, and SGD and
-  AdamW update each parameter from its own gradient, so minimising ``CE_rgb + CE_flow`` in one
-  pass over the data is exactly training the two streams separately, at half the data loading.
-- ``joint``: one cross-entropy on the fused output, back-propagated through everything.
-- ``finetune``: a loss per classifier, starting from separately trained streams (Feichtenhofer
-  et al. §3.5); see :func:`fusionkit.methods.run_method`.
-- ``two_stage``: CMMP (Wang et al. 2018, §3.4): streams pretrained on cross-entropy (stage 1, the
-  method's ``pretrain``), then the whole network on the adversarial objective (stage 2, Eq. 4-5).
-- ``ccs``: CCS (Zhang et al. 2019, Eq. 6): ``lambda1 L_triplet + lambda2 L_embedding + CE`` end to
-  end, usually with balanced batches (``classes_per_batch`` x ``videos_per_class``, §4.1).
-- ``alternate``: Chi et al.'s iterative training (CMA, §4.3). Iteration 1 trains the RGB branch
-  on its own cross-entropy (the ``-R`` output) with the whole flow branch frozen, CMA units of
-  the flow branch included; iteration 2 the reverse; and so on for ``iterations`` iterations of
-  ``epochs`` epochs each. Each iteration starts a fresh optimizer at the initial LR ("At the
-  beginning of each iteration, we reset the learning rate", §4.4) and sets the model's score
-  weighting to 5:1 towards the branch just trained (§5.2). The flow branch is trained *before*
-  iteration 1 (§4.3: "we firstly train the flow branch"); :func:`fusionkit.methods.run_method`
-  does that by initialising it from a separately trained flow tower.
+"""The trainer: checkpoints that resume, AMP, DDP; the schedules are in :mod:`fusionkit.training.schedules`.
 
 Reproducibility: every epoch re-seeds Python, NumPy and torch (and the loader's shuffling and
 worker seeds) from ``(seed, epoch)``. A checkpoint is written atomically at the end of every
@@ -32,28 +10,25 @@ PyTorch's DistributedDataParallel; see its docstring.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import math
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from fusionkit import distributed
 from fusionkit.data.atomic import atomic_write_bytes, atomic_write_text
 from fusionkit.data.sampler import BalancedBatchSampler, dataset_labels
-from fusionkit.losses import adversarial_objective, ccs_objective
+from fusionkit.training import distributed
+from fusionkit.training.evaluate import evaluate
+from fusionkit.training.runtime import autocast, make_loader, resolve_device, seed_everything, to_device
+from fusionkit.training.schedules import (ALTERNATE_RGB_WEIGHT, SCHEDULES, Objective, alternate_branches,
+                                          branch_objective, lr_factor, make_optimizer)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -83,124 +58,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # a method's own settings, kept with the checkpoint
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --- objectives: output + labels -> named losses whose sum is minimised ---------------------
-Objective = Callable[[dict, torch.Tensor], dict]
-
-
-def heads_objective(out, labels):
-    """A cross-entropy per classifier: for two separate towers, each stream's own loss (the
-    ``separate`` schedule); for a fused network that keeps its motion tower, both losses (§3.4 of
-    Feichtenhofer et al.: "The losses of both streams are used for training")."""
-    return {name: F.cross_entropy(out[name], labels) for name in out.heads}
-
-
-def joint_objective(out, labels):
-    """One cross-entropy on the fused output, back-propagated through everything."""
-    return {out.fused: F.cross_entropy(out[out.fused], labels)}
-
-
-def branch_objective(branch: str) -> Objective:
-    """The cross-entropy of one branch's own classifier (``-R`` for ``"rgb"``, ``-F`` for ``"flow"``):
-    what an ``alternate`` iteration minimises (Chi et al. §4.3, Eq. 7)."""
-    index = ("rgb", "flow").index(branch)
-
-    def objective(out, labels):
-        name = out.heads[index]
-        return {name: F.cross_entropy(out[name], labels)}
-
-    return objective
-
-
-# Each schedule names a factory ``config -> objective``: "finetune" trains like "separate" (a loss
-# per classifier; run_method first loads the weights of separately trained streams and, if asked,
-# freezes what lies below the fusion point); "alternate" starts with its first branch's loss and
-# Trainer.enter_phase switches it each iteration; "two_stage" is CMMP's (§3.4: stage 1 is the
-# method's `pretrain`, stage 2 the adversarial objective); "ccs" is Eq. 6, its margins and weights
-# from TrainConfig.extra (keyword arguments of fusionkit.losses.ccs_losses).
-SCHEDULES: dict[str, Callable[["TrainConfig"], Objective]] = {
-    "separate": lambda config: heads_objective,
-    "joint": lambda config: joint_objective,
-    "finetune": lambda config: heads_objective,
-    "alternate": lambda config: branch_objective(config.first_branch),
-    "two_stage": lambda config: adversarial_objective,
-    "ccs": lambda config: ccs_objective(**config.extra),
-}
-# Chi et al. §5.2: weights 5:1 towards the branch trained in the latest iteration
-ALTERNATE_RGB_WEIGHT = {"rgb": 5 / 6, "flow": 1 / 6}
-
-
-def alternate_branches(iterations: int, first: str = "rgb") -> list[str]:
-    """The branch each ``alternate`` iteration trains: RGB in iter 1, 3, 5, ..., flow in 2, 4, ... (§4.3);
-    ``first="flow"`` starts from the flow branch (to go on from a model trained for iteration 1)."""
-    if iterations < 1:
-        raise ValueError(f"the alternate schedule needs iterations >= 1, got {iterations}")
-    if first not in ("rgb", "flow"):
-        raise ValueError(f"the first branch must be 'rgb' or 'flow', got {first!r}")
-    order = ("rgb", "flow") if first == "rgb" else ("flow", "rgb")
-    return [order[i % 2] for i in range(iterations)]
-
-
-def alternate_final_rgb_weight(config: TrainConfig) -> float:
-    """The RGB share of ``-S`` once an ``alternate`` run ends: 5:1 towards the branch trained last."""
-    return ALTERNATE_RGB_WEIGHT[alternate_branches(config.iterations, config.first_branch)[-1]]
-
-
-def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adamw'")
-
-
-def lr_factor(epoch: int, config: TrainConfig) -> float:
-    """Multiplier of the base LR during ``epoch`` (0-based): linear warm-up, then the schedule."""
-    if epoch < config.warmup_epochs:
-        return (epoch + 1) / (config.warmup_epochs + 1)
-    e, n = epoch - config.warmup_epochs, max(config.epochs - config.warmup_epochs, 1)
-    if config.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * e / n))
-    if config.lr_schedule == "step":
-        return 0.1 ** (e // (config.lr_step or max(n // 3, 1)))
-    if config.lr_schedule == "constant":
-        return 1.0
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'step' or 'constant'")
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                device: torch.device | None = None) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=num_workers,
-                      pin_memory=device is not None and device.type == "cuda", drop_last=False,
-                      persistent_workers=False)
-
-
 class Trainer:
     """Train a two-stream model on a dataset with one of the schedules, checkpointing every epoch.
 
@@ -213,7 +70,7 @@ class Trainer:
 
     Several processes, through PyTorch's DistributedDataParallel (DDP): started by ``torchrun``, the
     Trainer finds the variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and trains
-    data-parallel, the calling code unchanged (:mod:`fusionkit.distributed`). The command line::
+    data-parallel, the calling code unchanged (:mod:`fusionkit.training.distributed`). The command line::
 
         torchrun --standalone --nproc_per_node 2 -m fusionkit.cli train --dataset ... --out run
         torchrun --standalone --nproc_per_node 2 "$(which fusionkit)" train --dataset ... --out run
@@ -241,7 +98,7 @@ class Trainer:
     - Rank 0 alone writes the checkpoint (from the unwrapped model, so it loads in one process),
       ``history.json`` and the progress bar, and evaluates ``val_set`` whole while the others wait at
       the next step; the history's training loss and accuracy are totals over all processes.
-      Leaving the process group at the end is the launcher's (:func:`fusionkit.distributed.cleanup`).
+      Leaving the process group at the end is the launcher's (:func:`fusionkit.training.distributed.cleanup`).
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, config: TrainConfig, val_set: Dataset | None = None,
@@ -256,7 +113,7 @@ class Trainer:
             raise TypeError(f"the alternate schedule trains one branch at a time, which needs a model with "
                             f"train_branch(branch) (a TwoStreamNet); got {type(model).__name__}")
         self.fixed_objective = objective  # a caller's objective overrides the schedule's in every phase
-        self.objective = objective or SCHEDULES[config.schedule](config)
+        self.objective = objective or SCHEDULES.lookup(config.schedule)(config)
         self.device = distributed.init_distributed(resolve_device(config.device))
         self.distributed, self.world_size = distributed.is_distributed(), distributed.get_world_size()
         if self.distributed:
@@ -350,8 +207,6 @@ class Trainer:
                 self.enter_phase(phase)
             record = self.train_epoch(self.epoch)
             if self.val_set is not None and distributed.is_main_process():  # the others wait at the next step
-                from fusionkit.evaluate import evaluate
-
                 metrics = evaluate(self.model, self.val_set, batch_size=self.config.batch_size, device=self.device,
                                    num_workers=self.config.num_workers)
                 record["val"] = {name: round(m["top1"], 4) for name, m in metrics.items()}
@@ -390,9 +245,9 @@ class Trainer:
             desc = f"iter {self.phase + 1} ({self.branches[self.phase]}) " + desc
         bar = tqdm(loader, desc=desc, disable=not (cfg.progress and distributed.is_main_process()), leave=False)
         for step, batch in enumerate(bar):
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             labels = batch["label"]
-            with _autocast(self.device):
+            with autocast(self.device):
                 out = self.train_model(batch["rgb"], batch["flow"])
                 losses = self.objective(out, labels)
             loss = sum(losses.values())

@@ -5,7 +5,7 @@ frame, with arrows from the query to the most attended key positions.
 
 Pipeline:
 
-- :func:`attention_units` names the :class:`~fusionkit.fusion.cma.CrossModalityAttention` units of a
+- :func:`attention_units` names the :class:`~fusionkit.methods.cma.CrossModalityAttention` units of a
   model, e.g. ``"stage2.1/rgb<-flow"`` (RGB queries attending over flow keys, Fig. 1) and
   ``"stage2.1/flow<-rgb"``; a non-local block's units are ``"rgb<-rgb"`` / ``"flow<-flow"``.
 - :func:`record_attention` runs the model once with ``keep_attention`` switched on for the chosen
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
-from fusionkit.fusion.base import FusionChain
-from fusionkit.fusion.cma import CMABlock, CrossModalityAttention, NonLocalBlock
+from fusionkit.fusion import FusionChain
+from fusionkit.methods.cma import CMABlock, CrossModalityAttention, NonLocalBlock
 
 __all__ = [
     "AttentionRecord", "attention_units", "record_attention", "query_attention", "image_to_grid", "grid_to_image",

@@ -1,4 +1,4 @@
-"""ipywidgets explorers for the notebooks, built the way DESIGN.md asks: the logic is plain functions
+"""ipywidgets explorers for the notebooks, built so that the logic is plain functions
 that tests call directly, the widget callbacks only read the controls, call them and draw, and
 every explorer builds and draws once without a browser (headless papermill runs it as a cell).
 
@@ -7,9 +7,9 @@ every explorer builds and draws once without a browser (headless papermill runs 
   the segment, a dropdown for the method. Logic: :class:`CamSource` (CAMs computed once per video
   and method, then cached) and :func:`cam_view`.
 - Fusion-weight slider (:func:`fusion_weight_explorer`): the top-1 of ``w p_rgb + (1 - w) p_flow``
-  as w moves, from per-stream scores predicted once (:class:`~fusionkit.evaluate.Scores`); Chi et
+  as w moves, from per-stream scores predicted once (:class:`~fusionkit.training.evaluate.Scores`); Chi et
   al.'s fusion-weight study (Fig. 3) made interactive. Logic: :func:`fused_accuracy` and
-  :func:`weight_view`, fusing exactly as :mod:`fusionkit.evaluate` does.
+  :func:`weight_view`, fusing exactly as :mod:`fusionkit.training.evaluate` does.
 - CMA query picker (:func:`attention_explorer`, Chi et al. Fig. 5): from :mod:`fusionkit.viz.attention`,
   re-exported here so the notebooks find every explorer in one module.
 """
@@ -21,11 +21,11 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 from torch import nn
 
-from fusionkit.evaluate import Scores, fusion_weight_sweep
+from fusionkit.training.evaluate import Scores, fusion_weight_sweep
 from fusionkit.viz.attention import (AttentionSource, ExplorerState, ExplorerView, VideoSource, _check_range,
                                      attention_explorer, explorer_view, plot_explorer_view)
 from fusionkit.viz.cam import VideoCAMs, cam_overlay, get_cam_method, snippet_images, video_cams
-from fusionkit.viz.plots import plot_weight_sweep, stream_outputs
+from fusionkit.viz.plots import plot_weight_sweep
 
 __all__ = [
     "CamState", "CamView", "CamSource", "cam_view", "plot_cam_view", "cam_explorer",
@@ -189,7 +189,7 @@ def cam_explorer(model: nn.Module, dataset, output: str | None = None,
 def fused_accuracy(rgb_scores: np.ndarray, flow_scores: np.ndarray, labels: np.ndarray, weight: float) -> float:
     """Top-1 of ``weight * rgb_scores + (1 - weight) * flow_scores``: the late fusion of two outputs'
     class probabilities ``[N, K]`` (``Scores.probs[...]``), computed by
-    :func:`fusionkit.evaluate.fusion_weight_sweep` so the slider and the sweeps agree."""
+    :func:`fusionkit.training.evaluate.fusion_weight_sweep` so the slider and the sweeps agree."""
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight must lie in [0, 1], got {weight}")
     rgb_scores, flow_scores, labels = np.asarray(rgb_scores), np.asarray(flow_scores), np.asarray(labels)
@@ -214,11 +214,11 @@ class WeightView(NamedTuple):
 
 def weight_view(scores: Scores, weight: float, rgb: str | None = None, flow: str | None = None,
                 sweep: dict | None = None, label: str = "") -> WeightView:
-    """The fused top-1 of ``scores``' per-stream outputs (found by
-    :func:`~fusionkit.viz.plots.stream_outputs` unless named) at RGB weight ``weight``; ``sweep``:
+    """The fused top-1 of ``scores``' per-stream outputs (their roles,
+    :meth:`~fusionkit.training.evaluate.Scores.streams`, unless named) at RGB weight ``weight``; ``sweep``:
     a precomputed ``fusion_weight_sweep`` of the same outputs (the explorer computes it once)."""
     if rgb is None or flow is None:
-        found = stream_outputs(scores.probs)
+        found = scores.streams()
         rgb, flow = rgb or found[0], flow or found[1]
     missing = [name for name in (rgb, flow) if name not in scores.probs]
     if missing:
@@ -243,9 +243,9 @@ def plot_weight_view(view: WeightView, ax=None, chance: float | None = None):
 def fusion_weight_explorer(scores: Scores | Mapping[str, Scores], rgb: str | None = None, flow: str | None = None,
                            weight: float = 0.5, step: float = 0.05, chance: float | None = None):
     """An ipywidgets slider over the RGB weight w that updates the fused top-1 live from scores
-    predicted once. ``scores``: one :class:`~fusionkit.evaluate.Scores`, or several by name (a
+    predicted once. ``scores``: one :class:`~fusionkit.training.evaluate.Scores`, or several by name (a
     dropdown picks one, e.g. ``{"late": late_scores, "cma": cma_scores}``); their per-stream outputs
-    are found by name unless ``rgb``/``flow`` are given. Builds and draws once headless.
+    are found by their roles unless ``rgb``/``flow`` are given. Builds and draws once headless.
 
     Returns the ``VBox``; ``box.controls`` holds the widgets, ``box.view()`` the current
     :class:`WeightView`, ``box.refresh()`` redraws.
@@ -258,7 +258,7 @@ def fusion_weight_explorer(scores: Scores | Mapping[str, Scores], rgb: str | Non
         raise ValueError("fusion_weight_explorer needs at least one Scores")
     names = {}
     for key, run in runs.items():
-        found = stream_outputs(run.probs) if rgb is None or flow is None else (rgb, flow)
+        found = run.streams() if rgb is None or flow is None else (rgb, flow)
         names[key] = (rgb or found[0], flow or found[1])
     sweeps = {key: fusion_weight_sweep(run, rgb=names[key][0], flow=names[key][1]) for key, run in runs.items()}
     controls = {

@@ -88,37 +88,17 @@ def plot_history(history: list[dict], ax=None, title: str = ""):
 # --------------------------------------------------------------------------------------------
 # Fusion-weight sweeps
 # --------------------------------------------------------------------------------------------
-def stream_outputs(names: Iterable[str]) -> tuple[str, str]:
-    """The (appearance, motion) per-stream outputs among a model's output names, by the library's
-    naming (:meth:`~fusionkit.models.two_stream.TwoStreamNet.output_names`): ``rgb``/``flow``,
-    ``<method>-R``/``<method>-F``, or ``<method>``/``flow`` where ``<method>+`` fuses them.
-    ValueError when there is no such pair (e.g. a truncated motion tower: nothing to weigh)."""
-    names = list(names)
-    if "rgb" in names and "flow" in names:
-        return "rgb", "flow"
-    branches = [n[:-2] for n in names if n.endswith("-R") and f"{n[:-2]}-F" in names]
-    if len(branches) == 1:
-        return f"{branches[0]}-R", f"{branches[0]}-F"
-    fused_towers = [n for n in names if f"{n}+" in names]
-    if "flow" in names and len(fused_towers) == 1:
-        return fused_towers[0], "flow"
-    raise ValueError(f"no single pair of per-stream outputs among {names}; name them (rgb=..., flow=...)")
-
-
 def weight_sweep(scores, weights=None, rgb: str | None = None, flow: str | None = None) -> dict:
-    """:func:`fusionkit.evaluate.fusion_weight_sweep` of a :class:`~fusionkit.evaluate.Scores`, its
-    per-stream outputs found by :func:`stream_outputs` unless named, for any method."""
-    from fusionkit.evaluate import fusion_weight_sweep
+    """:func:`fusionkit.training.evaluate.fusion_weight_sweep` of a :class:`~fusionkit.training.evaluate.Scores`
+    over its per-stream outputs (their roles, :meth:`~fusionkit.training.evaluate.Scores.streams`) unless named."""
+    from fusionkit.training.evaluate import fusion_weight_sweep
 
-    if rgb is None or flow is None:
-        found = stream_outputs(scores.probs)
-        rgb, flow = rgb or found[0], flow or found[1]
     return fusion_weight_sweep(scores, weights, rgb=rgb, flow=flow)
 
 
 def _as_sweeps(entry) -> list[dict]:
     """One entry of :func:`plot_weight_sweep` as a list of sweep dicts (one per seed)."""
-    from fusionkit.evaluate import Scores
+    from fusionkit.training.evaluate import Scores
 
     items = entry if isinstance(entry, (list, tuple)) else [entry]
     sweeps = [weight_sweep(x) if isinstance(x, Scores) else x for x in items]
@@ -133,8 +113,8 @@ def _as_sweeps(entry) -> list[dict]:
 def plot_weight_sweep(sweeps: Mapping[str, object], ax=None, title: str = "", chance: float | None = None):
     """Top-1 against the RGB weight w of ``w p_rgb + (1 - w) p_flow``, one line per entry.
 
-    Each entry is what :mod:`fusionkit.evaluate` gives: a ``fusion_weight_sweep`` dict (also as
-    read back from ``fusionkit evaluate``'s JSON), a :class:`~fusionkit.evaluate.Scores` (swept over
+    Each entry is what :mod:`fusionkit.training.evaluate` gives: a ``fusion_weight_sweep`` dict (also as
+    read back from ``fusionkit evaluate``'s JSON), a :class:`~fusionkit.training.evaluate.Scores` (swept over
     its per-stream outputs, :func:`weight_sweep`), or a list of either, one per seed, drawn as the
     mean with a +-1 std band."""
     ax = _axes(ax)
@@ -192,7 +172,7 @@ def _class_names(class_names: Sequence[str] | None, k: int) -> list[str]:
 def plot_confusion_matrix(confusion, class_names: Sequence[str] | None = None, ax=None, title: str = "",
                           normalize: bool = True, annotate: bool | None = None):
     """Seaborn heatmap of a confusion matrix (rows = true class, columns = predicted, as
-    :func:`fusionkit.evaluate.confusion_matrix` and ``classification_metrics(...)["confusion"]``
+    :func:`fusionkit.training.evaluate.confusion_matrix` and ``classification_metrics(...)["confusion"]``
     give it). ``normalize``: each row divided by its count (the share of a class predicted as each
     class; rows without videos stay 0), on the 0..1 accuracy scale. ``annotate``: write the values
     in the cells (default: up to 12 classes)."""
@@ -218,7 +198,7 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str] | None = None, a
 
 def per_class_accuracy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Top-1 of each class ``[K]`` from ``[N, K]`` scores (NaN for a class with no video)."""
-    from fusionkit.evaluate import confusion_matrix
+    from fusionkit.training.evaluate import confusion_matrix
 
     probs, labels = np.asarray(probs), np.asarray(labels)
     cm = confusion_matrix(probs.argmax(1), labels, probs.shape[1])

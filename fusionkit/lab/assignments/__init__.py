@@ -31,7 +31,7 @@ A new fusion block is a subclass of :class:`fusionkit.fusion.FusionBlock` regist
 2. **Build from ``rgb_channels`` and ``flow_channels``** (keywords; more options may follow with
    defaults) and call ``super().__init__(rgb_channels, flow_channels)`` first.
 3. **Keep the shapes** (or set ``keeps_shape = False`` and say the new width in ``out_channels``),
-   work on 2D and 3D maps (``fusionkit.fusion.base.conv1x1`` applies a 1x1 conv to both), compute
+   work on 2D and 3D maps (``fusionkit.fusion.conv1x1`` applies a 1x1 conv to both), compute
    in the inputs' dtype, never modify the inputs in place.
 4. **Claim how it starts, if it does**: ``starts_as = "identity"`` (it returns its inputs at
    initialisation, like CMA's zero-initialised BN) or the name of the block it equals at
@@ -41,10 +41,10 @@ A new fusion block is a subclass of :class:`fusionkit.fusion.FusionBlock` regist
    it is built into any two-stream network by name, trained by the trainer and compared with the
    library's blocks on a puzzle::
 
-       from fusionkit.models.two_stream import build_model
+       from fusionkit.methods import build_model
        model = build_model("spatial", num_classes=4, fusion="scaled_sum", position="stage2", backbone="tiny")
 
-       from fusionkit.experiments import puzzle_experiment
+       from fusionkit.lab.experiments import puzzle_experiment
        late = puzzle_experiment("late", "registration", seeds=[0, 1])
        mine = puzzle_experiment("spatial", "registration", seeds=[0, 1], init_from=late.models,
                                 fusion="scaled_sum", head_hidden=128)
@@ -53,7 +53,7 @@ A new fusion block is a subclass of :class:`fusionkit.fusion.FusionBlock` regist
    and, with the class in a file, every puzzle at once:
    ``fusionkit bench --plugins my_blocks.py --blocks scaled_sum``.
 
-:func:`check_block` (:mod:`fusionkit.assignments.check`) runs a block through this contract, one
+:func:`check_block` (:mod:`fusionkit.lab.assignments.check`) runs a block through this contract, one
 scored check at a time, and says what to change when a check fails; the assignment notebooks in
 ``notebooks/assignments/`` use it and ``fusionkit assignment grade`` scores it.
 
@@ -63,7 +63,7 @@ Instructors
 notebook marked up in nbgrader's format; ``fusionkit assignment grade SUBMISSION.ipynb --out
 report.json`` executes a submission with papermill, restores the locked test cells (hidden tests
 included), runs them and the block checker, and writes a JSON score report
-(:mod:`fusionkit.assignments.notebooks`, which also says why nbgrader itself is not used).
+(:mod:`fusionkit.lab.assignments.notebooks`, which also says why nbgrader itself is not used).
 """
 from __future__ import annotations
 

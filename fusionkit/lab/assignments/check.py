@@ -35,11 +35,11 @@ The checks (default points in brackets; 14 in all):
   reuse them, and autograd needs them).
 - ``trains`` [4]: a two-stream network with the block after ``stage1`` of a small ``tiny`` backbone
   (built by name through ``build_model("spatial", ..., fusion=name)``) and trained by the
-  :class:`~fusionkit.train.Trainer` reaches top-1 0.9 on held-out ``registration`` videos within 10
+  :class:`~fusionkit.training.trainer.Trainer` reaches top-1 0.9 on held-out ``registration`` videos within 10
   epochs, and its epochs take at most 10 times as long as those of the reference block (conv
   fusion), timed just before in the same process (:class:`TrainingCheck` has the settings). The
   videos are rendered in memory with their exact flow
-  (:class:`~fusionkit.assignments.snippets.PuzzleSnippets`, 512 for training, 128 held out, 48x48).
+  (:class:`~fusionkit.lab.assignments.snippets.PuzzleSnippets`, 512 for training, 128 held out, 48x48).
   ``registration`` is the puzzle that needs pixel-wise fusion: with these settings late fusion ends
   at 0.50 and 0.44 (two seeds, never above 0.54) and a block that drops the flow stream at 0.20,
   while conv fusion passed for each of 36 seeds, after 2-4 epochs (3 for most), at 1.4 s an epoch
@@ -65,13 +65,14 @@ import numpy as np
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from fusionkit.assignments.snippets import PuzzleSnippets
+from fusionkit.lab.assignments.snippets import PuzzleSnippets
 from fusionkit.data.puzzles import get_puzzle
-from fusionkit.evaluate import evaluate
+from fusionkit.training.evaluate import evaluate
 from fusionkit.fusion import FUSIONS, FusionBlock, build_fusion
-from fusionkit.models.two_stream import build_model
+from fusionkit.methods import build_model
 from fusionkit.registry import Registry
-from fusionkit.train import TrainConfig, Trainer, seed_everything
+from fusionkit.training.trainer import TrainConfig, Trainer
+from fusionkit.training.runtime import seed_everything
 
 IDENTITY = "identity"  # the ``starts_as`` value of blocks that return their inputs at initialisation
 _HIDDEN_FRAMES = (str(Path(__file__).resolve().parent), str(Path(torch.nn.modules.module.__file__).resolve()))
@@ -81,7 +82,7 @@ _HIDDEN_FRAMES = (str(Path(__file__).resolve().parent), str(Path(torch.nn.module
 @dataclass
 class CheckResult:
     """One scored check: ``kind`` is ``"block check"`` (this module) or ``"notebook test"`` (a test
-    cell of an assignment notebook, see :mod:`fusionkit.assignments.notebooks`)."""
+    cell of an assignment notebook, see :mod:`fusionkit.lab.assignments.notebooks`)."""
 
     name: str
     passed: bool
@@ -334,7 +335,7 @@ def check_shapes(b: BlockUnderTest) -> str:
                         "built: raise a ValueError in __init__ that says so")
             elif len(size) == 3 and all(len(s) == 2 for _, _, s in tried):
                 hint = (" -- 2D maps work but 3D maps [N, C, T, H, W] fail: layers such as nn.Conv2d take 4D input "
-                        "only; fusionkit.fusion.base.conv1x1(x, conv) applies a 1x1 nn.Conv2d to 2D and 3D maps")
+                        "only; fusionkit.fusion.conv1x1(x, conv) applies a 1x1 nn.Conv2d to 2D and 3D maps")
             raise CheckFailed(f"{what}: {e.message}{hint}", e.traceback) from e
         # keeps_shape = False (e.g. bilinear): only batch, channels (out_channels) and the number of dims are fixed
         expected_rgb = shape(rgb) if block.keeps_shape else [2, block.out_channels]
@@ -488,13 +489,13 @@ def check_no_inplace(b: BlockUnderTest) -> str:
     return "the inputs are left unchanged"
 
 
-def spatial_trainer(spec: TrainingCheck, fusion: str, position: str | None, fusion_kwargs: dict, seed: int,
+def spatial_trainer(spec: TrainingCheck, fusion: str, position: str | None, fusion_options: dict, seed: int,
                     train_set) -> tuple[torch.nn.Module, Trainer]:
     """The ``trains`` check's network with ``fusion`` after ``position`` (None: the last stage), and its trainer."""
     seed_everything(seed)
     model = build_model("spatial", len(get_puzzle(spec.puzzle).classes), fusion=fusion, position=position,
                         backbone="tiny", widths=spec.widths, new_length=spec.new_length, dropout=0.0,
-                        head_hidden=spec.head_hidden, fusion_kwargs=fusion_kwargs)
+                        head_hidden=spec.head_hidden, fusion_options=fusion_options)
     config = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, optimizer="adamw", lr=spec.lr,
                          weight_decay=1e-4, schedule="separate", seed=seed, device=spec.device, progress=False)
     return model, Trainer(model, train_set, config)
@@ -537,7 +538,7 @@ def check_trains(b: BlockUnderTest) -> str:
                               f"conv fusion ({reference:.1f} s, measured just before); the budget is {spec.budget:g} "
                               f"times: the block is too slow (a Python loop over pixels or channels?)")
         metrics = student_call("evaluation", evaluate, model, test_set, batch_size=64, device=spec.device)
-        accuracy.append(metrics[model.fused_name]["top1"])
+        accuracy.append(metrics[model.output_roles()["fused"]]["top1"])  # spatial-S: the only prediction
         if accuracy[-1] >= spec.threshold:
             return (f"top-1 {accuracy[-1]:.2f} {where} after {epoch + 1} epochs; {per_epoch:.1f} s an epoch, "
                     f"{per_epoch / reference:.1f} times conv fusion's (needs {spec.threshold:.2f} within "
@@ -586,14 +587,14 @@ def select_checks(checks: Sequence[str] | Mapping[str, float] | None) -> list[tu
 
 
 def check_block(block: str | type, checks: Sequence[str] | Mapping[str, float] | None = None, *,
-                block_kwargs: Mapping | None = None, starts_as: str | None = None,
+                fusion_options: Mapping | None = None, starts_as: str | None = None,
                 training: TrainingCheck | Mapping | None = None, seed: int = 0) -> CheckReport:
     """Run ``block`` (a registered name, or the class) through the checks and report each one.
 
     Args:
         checks: which checks, by name (default points) or as ``{name: points}``; default: all of
             :data:`CHECKS` in their order.
-        block_kwargs: extra constructor arguments, e.g. ``{"init": "identity"}`` for the library's
+        fusion_options: extra constructor arguments, e.g. ``{"init": "identity"}`` for the library's
             ``conv`` block.
         starts_as: require this initialisation (``"identity"`` or a registered block's name), in
             place of the block's own ``starts_as`` claim.
@@ -606,7 +607,7 @@ def check_block(block: str | type, checks: Sequence[str] | Mapping[str, float] |
     if isinstance(training, Mapping):
         training = TrainingCheck(**training)
     cls, name, error = resolve_block(block)
-    subject = BlockUnderTest(cls, name, error, dict(block_kwargs or {}), starts_as, training or TrainingCheck(), seed)
+    subject = BlockUnderTest(cls, name, error, dict(fusion_options or {}), starts_as, training or TrainingCheck(), seed)
     results = []
     with preserved_random_state():
         for check, points in selected:

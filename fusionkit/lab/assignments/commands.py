@@ -8,7 +8,7 @@ import argparse
 
 
 def _release(args) -> int:
-    from fusionkit.assignments.notebooks import release_notebook
+    from fusionkit.lab.assignments.notebooks import release_notebook
 
     out = release_notebook(args.source, args.out_dir)
     print(f"wrote the student version of {args.source} to {out}")
@@ -16,7 +16,7 @@ def _release(args) -> int:
 
 
 def _grade(args) -> int:
-    from fusionkit.assignments.notebooks import grade_notebook
+    from fusionkit.lab.assignments.notebooks import grade_notebook
 
     report = grade_notebook(args.submission, source=args.source, out=args.out, executed=args.executed,
                             smoke=not args.full, data_dir=args.data, timeout=args.timeout)
@@ -27,7 +27,7 @@ def _grade(args) -> int:
 
 def add_assignment_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``assignment release`` and ``assignment grade`` to the ``fusionkit`` command's subparsers."""
-    from fusionkit.run_notebooks import PROJECT_ROOT
+    from fusionkit.lab.run_notebooks import PROJECT_ROOT
 
     parser = subparsers.add_parser("assignment", help="course assignments: release a student version, grade a submission")
     commands = parser.add_subparsers(dest="assignment_command", required=True)

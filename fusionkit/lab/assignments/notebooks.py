@@ -25,7 +25,7 @@ fusionkit adds one notebook-level entry, ``metadata["fusionkit"]``::
 Grading executes the submission with papermill (``SMOKE=True`` by default: the notebook's own
 experiments shrink to seconds; the learning criterion is the block checker's ``trains`` check, which
 runs at its full setting either way), runs *every* cell even after errors, then runs
-:func:`~fusionkit.assignments.check.check_block` on the student's block in the same kernel (the
+:func:`~fusionkit.lab.assignments.check.check_block` on the student's block in the same kernel (the
 block is defined there) and scores the test cells and the checks together.
 
 Why not nbgrader itself: ``nbgrader generate_assignment`` / ``autograde`` work on a course folder
@@ -49,7 +49,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from fusionkit.data.atomic import atomic_write_text
-from fusionkit.run_notebooks import PROJECT_ROOT
+from fusionkit.lab.run_notebooks import PROJECT_ROOT
 
 ASSIGNMENTS_DIR = PROJECT_ROOT / "notebooks" / "assignments"
 SOLUTION = ("BEGIN SOLUTION", "END SOLUTION")  # nbgrader matches its delimiters anywhere in a line
@@ -208,7 +208,7 @@ def grading_cell(config: dict) -> NotebookNode:
     report as one marked JSON line."""
     options = {k: v for k, v in config.items() if k != "block"}
     source = (f"import json as _fk_json\n"
-              f"from fusionkit.assignments.check import check_block as _fk_check_block\n"
+              f"from fusionkit.lab.assignments.check import check_block as _fk_check_block\n"
               f"_fk_report = _fk_check_block({config['block']}, **_fk_json.loads({json.dumps(options)!r}))\n"
               f"print({REPORT_MARKER!r} + _fk_json.dumps(_fk_report.to_dict()))")
     return nbformat.v4.new_code_cell(source, metadata={"tags": [GRADING_TAG]})
@@ -255,7 +255,7 @@ def execute_submission(notebook: NotebookNode, executed: Path, parameters: dict,
 def block_results(executed: NotebookNode, config: dict, stopped: str | None):
     """The block checker's results from the grading cell's output; when there are none (the block
     could not be found or checked), every configured check fails with the reason."""
-    from fusionkit.assignments.check import CheckReport, CheckResult, select_checks
+    from fusionkit.lab.assignments.check import CheckReport, CheckResult, select_checks
 
     cell = next(c for c in executed.cells if GRADING_TAG in c.metadata.get("tags", []))
     for output in cell.get("outputs", []):
@@ -278,9 +278,9 @@ def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | No
 
     ``figures_dir``: where the notebook saves figures and results (default: a temporary folder, so
     grading never overwrites the course's figures). Returns the
-    :class:`~fusionkit.assignments.check.CheckReport` (test cells first, then block checks).
+    :class:`~fusionkit.lab.assignments.check.CheckReport` (test cells first, then block checks).
     """
-    from fusionkit.assignments.check import CheckReport, CheckResult
+    from fusionkit.lab.assignments.check import CheckReport, CheckResult
 
     start = time.perf_counter()
     submission = Path(submission)

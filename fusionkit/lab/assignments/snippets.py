@@ -1,6 +1,6 @@
 """A puzzle rendered in memory as ready-made two-stream snippets, for checks that must train in seconds.
 
-The block checker's ``trains`` check (:mod:`fusionkit.assignments.check`) trains a student's block
+The block checker's ``trains`` check (:mod:`fusionkit.lab.assignments.check`) trains a student's block
 many times (once per submission), so it skips what makes the real pipeline slow and stateful:
 no video files, no decoding, no optical-flow estimation, no cache on disk. Each video is rendered
 by the puzzle's own renderer (:meth:`fusionkit.data.puzzles.Puzzle.render`, so the labels and the

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock, register_fusion
+from fusionkit.fusion import FusionBlock, register_fusion
 
 __all__ = ["SpatialFusion", "SumFusion", "MaxFusion", "ConcatFusion", "ConvFusion", "BilinearFusion",
            "interleave_channels"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionkit.fusion.base import FusionBlock, register_fusion
+from fusionkit.fusion import FusionBlock, register_fusion
 
 Size3 = int | tuple[int, int, int]
 
