@@ -1,4 +1,4 @@
-"""VGG-M-2048 (fusionkit.models.vggm): stage shapes at 224 x 224, the head, the registry, the
+"""VGG-M-2048 (fusionkit.models.vggm, fusionkit.methods.conv_fusion.parameter_counts): stage shapes at 224 x 224, the head, the registry, the
 pretrained error, and the layer and parameter counts of Feichtenhofer et al.'s Tables 1 and 2,
 checked against sums hand-computed here from the layer shapes and against the paper's numbers."""
 from __future__ import annotations
@@ -7,16 +7,9 @@ import pytest
 import torch
 
 from fusionkit.models import StagedBackbone, get_backbone, list_backbones
-from fusionkit.models.vggm import (
-    MISMATCHED_ROWS,
-    PAPER_COUNTS,
-    RELU_STAGE,
-    TOLERANCE,
-    VGGMHead,
-    format_parameter_table,
-    fusion_parameter_counts,
-    vggm_feature_sizes,
-)
+from fusionkit.methods.conv_fusion.parameter_counts import (MISMATCHED_ROWS, PAPER_COUNTS, TOLERANCE,
+                                                            format_parameter_table, fusion_parameter_counts)
+from fusionkit.models.vggm import RELU_STAGE, VGGMHead, vggm_feature_sizes
 
 
 # --- parameters hand-computed from the layer shapes (independent of the module) -----------------
