@@ -8,7 +8,29 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import logging
 import sys
+import warnings
+
+
+# The registered methods, listed here so that `fusionkit train --help` needs no torch import
+# (tests/test_cli_hardening.py checks this equals fusionkit.methods.list_methods()).
+METHOD_HELP = {
+    "ccs": "cooperative cross-stream network, connection block + ranking losses (Zhang et al. 2019)",
+    "cma": "cross-modality attention, branches trained in turn (Chi et al. 2019)",
+    "cmmp": "cross-modal message passing, adversarial objective (Wang et al. 2018)",
+    "conv_fusion": "3D conv fusion and 3D pooling at the last stage (Feichtenhofer et al. 2016)",
+    "late": "the streams trained separately, softmax scores averaged (Simonyan & Zisserman 2014)",
+    "nonlocal": "non-local blocks in each tower (CMA's same-modality case)",
+    "spatial": "the motion stream fused into the appearance tower at one position (Feichtenhofer et al. 2016)",
+}
+# Methods that start from separately trained streams (Method.pretrain): their second phase trains at --finetune-lr.
+FROM_TRAINED_STREAMS = ("cma", "cmmp", "conv_fusion", "spatial")
+# Files of a run folder (besides eval*.json) that `train` refuses to overwrite without --resume/--overwrite.
+RUN_FILES = ("run.json", "dataset.json", "checkpoint.pt", "history.json", "pretrain_history.json")
+# The CLI's training defaults, for real footage; the API's TrainConfig keeps its own (sgd, 0.01).
+DEFAULT_OPTIMIZER, DEFAULT_LR, FINETUNE_LR_FACTOR = "adamw", 1e-3, 0.1
 
 
 def _make_puzzles(args) -> int:
@@ -26,9 +48,81 @@ def _make_puzzles(args) -> int:
 def _extract_flow(args) -> int:
     from fusionkit.data.flow import extract_flow
 
-    report = extract_flow(args.root, args.out, backend=args.backend, workers=args.workers, progress=not args.quiet)
+    with warnings.catch_warnings():  # the report below lists the truncated videos
+        warnings.filterwarnings("ignore", message=r"\d+ video\(s\) decode to fewer frames", category=RuntimeWarning)
+        report = extract_flow(args.root, args.out, backend=args.backend, workers=args.workers,
+                              progress=not args.quiet, verify=args.verify)
     print(report)
+    if report.failed:
+        print(f"fusionkit extract-flow: {len(report.failed)} video(s) FAILED (why, above): fix or replace each, then "
+              f"rerun this command (it redoes only what is missing or broken); `fusionkit train --skip-bad` trains "
+              f"on the others", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _check_train_inputs(args) -> None:
+    """Refuse what cannot work before anything is prepared or written."""
+    from pathlib import Path
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
+    if args.split_dir is not None and not Path(args.split_dir).is_dir():
+        raise FileNotFoundError(f"--split-dir {args.split_dir} is not a folder (the folder holding the split files)")
+    if args.dataset.startswith("puzzles:"):
+        from fusionkit.data.puzzles import PUZZLES
+
+        name = args.dataset.split(":", 1)[1]
+        if name not in PUZZLES:
+            raise ValueError(f"unknown puzzle {name!r}; the puzzles are {', '.join(sorted(PUZZLES))}")
+        return
+    if args.dataset not in ("ucf101", "hmdb51"):
+        raise ValueError(f"unknown dataset {args.dataset!r}; use ucf101, hmdb51 or puzzles:<name>")
+    if not args.root or not args.flow_root:
+        root = args.root or "<videos>"
+        raise ValueError(f"--dataset {args.dataset} needs --root (the videos and split files) and --flow-root "
+                         f"(the output of `fusionkit extract-flow --root {root} --out <flow-root>`)")
+    if not Path(args.root).is_dir():
+        raise FileNotFoundError(f"--root {args.root} is not a folder: give the folder holding the class folders of "
+                                f"videos (<root>/<Class>/<video>.avi) and the split files")
+    if not Path(args.flow_root).is_dir():
+        raise FileNotFoundError(f"--flow-root {args.flow_root} does not exist: extract the frames and flow first, "
+                                f"`fusionkit extract-flow --root {args.root} --out {args.flow_root}`")
+
+
+def _existing_run(out) -> list[str]:
+    """The run files already in ``out`` (run.json, checkpoint, history, evaluations)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir()
+                  if p.is_file() and (p.name in RUN_FILES or (p.name.startswith("eval") and p.suffix == ".json")))
+
+
+def _refuse_existing_run(args) -> None:
+    import json
+    from pathlib import Path
+
+    files = _existing_run(args.out)
+    if not files or args.resume or args.overwrite:
+        return
+    state = "a finished run" if "eval.json" in files else "a started run (not evaluated: interrupted, or still running)"
+    epochs = ""
+    with contextlib.suppress(OSError, ValueError):
+        epochs = f", {len(json.loads((Path(args.out) / 'history.json').read_text()))} epochs trained"
+    raise FileExistsError(f"--out {args.out} already holds {state} ({', '.join(files)}{epochs}); nothing was changed. "
+                          f"Pass --resume to continue it from its checkpoint (a larger --epochs trains on), or "
+                          f"--overwrite to delete these files and train anew, or choose another --out")
+
+
+def _clear_run(out) -> list[str]:
+    from pathlib import Path
+
+    files = _existing_run(out)
+    for name in files:
+        (Path(out) / name).unlink()
+    return files
 
 
 def _dataset_paths(args) -> tuple[str, str]:
@@ -39,55 +133,140 @@ def _dataset_paths(args) -> tuple[str, str]:
         root, cache = prepare_puzzle(args.dataset.split(":", 1)[1], args.root or "data", backend=args.flow_backend,
                                      workers=args.flow_workers, progress=not args.quiet)
         return str(root), str(cache)
-    if not args.root or not args.flow_root:
-        raise ValueError(f"--dataset {args.dataset} needs --root (the videos and split files) and --flow-root "
-                         f"(the output of `fusionkit extract-flow --root <videos> --out <flow-root>`)")
     return args.root, args.flow_root
+
+
+def _datasets(args, root: str, cache: str):
+    """Check every video of the split first (all problems at once), then build the train and test
+    sets from the videos that passed: (train set, test set, class names, the check's report)."""
+    from fusionkit.data.dataset import DatasetError, build_dataset, check_dataset
+    from fusionkit.data.splits import load_split
+
+    split = load_split(args.dataset, root, args.split, args.split_dir)
+    report = check_dataset(args.dataset, root, cache, args.split, new_length=args.new_length, check="sizes",
+                           annotations=args.split_dir, raise_problems=False)
+    if report.problems:
+        usable = {r.path for r in report.usable}
+        empty = [name for name in ("train", "test") if not any(r.path in usable for r in getattr(split, name))]
+        if not args.skip_bad:
+            raise DatasetError(f"{report}\nRepair them as above and rerun, or pass --skip-bad to train and test on the "
+                               f"other {len(usable)} videos, leaving these out.", report.problems)
+        if empty:
+            raise DatasetError(f"{report}\n--skip-bad leaves no video to {' or '.join(empty)} on: repair them as above.",
+                               report.problems)
+    common = dict(split=args.split, new_length=args.new_length, input_size=args.input_size,
+                  annotations=args.split_dir, checked=report, skip_bad=args.skip_bad, warn=False)
+    train_set = build_dataset(args.dataset, root, cache, "train", num_segments=args.segments, **common)
+    test_set = build_dataset(args.dataset, root, cache, "test", num_segments=args.test_segments, **common)
+    return train_set, test_set, split.classes, report
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def dataset_summary(args, classes, train_set, test_set, report) -> str:
+    """What `fusionkit train` prints before training: videos, classes, frames, what was left out
+    (--skip-bad) and what is truncated."""
+    names = ", ".join(classes) if len(classes) <= 10 else f"{', '.join(classes[:5])}, ... {classes[-1]}"
+    lines = [f"dataset {args.dataset} (split {args.split}): {len(classes)} classes ({names}); "
+             f"{len(train_set)} videos for training, {len(test_set)} for testing"]
+    frames = [m["frames"] for m in train_set.meta + test_set.meta]
+    if frames:
+        spread = f"{min(frames)}" if min(frames) == max(frames) else \
+            f"{min(frames)}-{max(frames)} (mean {sum(frames) / len(frames):.0f})"
+        lines.append(f"  frames per video: {spread}; snippets of 1 RGB frame and {args.new_length} flow fields, "
+                     f"{args.segments} per video in training, {args.test_segments} in testing")
+    checked = str(report)
+    if report.problems:
+        checked = f"left out (--skip-bad): {checked}"
+    lines.append(_indent(checked))
+    return "\n".join(lines)
 
 
 def _train(args) -> int:
     """Also under ``torchrun --nproc_per_node N -m fusionkit.cli train ...`` (one process per GPU;
     see :class:`fusionkit.training.trainer.Trainer`): the processes join their group first, so that rank 0
     alone prepares the data and reports, and leave it at the end."""
+    options = _method_options(args.method, args.option or [])  # refused before any data is prepared
+    _check_train_inputs(args)
+    _refuse_existing_run(args)
     from fusionkit.training import distributed
     from fusionkit.training.runtime import resolve_device
 
     distributed.init_distributed(resolve_device(args.device))  # nothing to do outside torchrun
     try:
-        return _train_in_group(args, distributed.is_main_process())
+        return _train_in_group(args, distributed.is_main_process(), options)
     finally:
         distributed.cleanup()
 
 
-def _train_in_group(args, main_process: bool) -> int:
-    from fusionkit.data.dataset import build_dataset
+def _train_in_group(args, main_process: bool, options: dict) -> int:
+    from dataclasses import replace
+
+    from fusionkit.methods import get_method, run_method
     from fusionkit.training.distributed import main_process_first
-    from fusionkit.methods import run_method
     from fusionkit.training.trainer import TrainConfig
 
     args.quiet = args.quiet or not main_process  # one set of progress bars, rank 0's
-    options = _method_options(args.method, args.option or [])  # refused before any data is prepared
     with main_process_first():  # puzzles are rendered and their flow extracted once, not by every process
         root, cache = _dataset_paths(args)
-    common = dict(split=args.split, new_length=args.new_length, input_size=args.input_size)
-    train_set = build_dataset(args.dataset, root, cache, "train", num_segments=args.segments, **common)
-    test_set = build_dataset(args.dataset, root, cache, "test", num_segments=args.test_segments, **common)
-    from fusionkit.data.splits import load_split
-
-    classes = load_split(args.dataset, root, args.split).classes
+    train_set, test_set, classes, report = _datasets(args, root, cache)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
                          device=args.device, num_workers=args.loader_workers, progress=not args.quiet,
                          iterations=args.iterations)
+    method = get_method(args.method)
+    pretrain_config = None
+    if method.pretrain is not None:  # phase 1 trains the streams at --lr, phase 2 the method at --finetune-lr
+        pretrain_config = config
+        finetune_lr = args.finetune_lr if args.finetune_lr is not None else args.lr * FINETUNE_LR_FACTOR
+        config = replace(config, lr=finetune_lr)
     if main_process:
-        _write_dataset_info(args, root, cache, classes)
+        print(dataset_summary(args, classes, train_set, test_set, report))
+        if args.overwrite and _existing_run(args.out):
+            print(f"--overwrite: deleted {', '.join(_clear_run(args.out))} from {args.out}")
+        _write_dataset_info(args, root, cache, classes, train_set, test_set, report)
+        print(_training_plan(args, method, config, pretrain_config))
     model, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
-                                         config=config, out_dir=args.out, resume=args.resume,
-                                         pretrained=args.pretrained, **options)
+                                         config=config, pretrain_config=pretrain_config, out_dir=args.out,
+                                         resume=args.resume, pretrained=args.pretrained, **options)
     if main_process:
-        _print_metrics({"metrics": metrics, "roles": model.output_roles()})
-        print(f"run saved to {args.out}")
+        import json
+        from pathlib import Path
+
+        rising = [h["epoch"] for h in history if h.get("rising_loss")]
+        if rising:
+            print(f"fusionkit train: warning: the training loss rose epoch after epoch (flagged rising_loss at "
+                  f"epoch(s) {', '.join(map(str, rising))} in history.json): the run diverged; train again with a "
+                  f"lower --lr{' / --finetune-lr' if method.pretrain else ''}", file=sys.stderr)
+        checkpoint = Path(args.out) / "checkpoint.pt"
+        stale = [p.name for p in sorted(Path(args.out).glob("eval_*.json"))
+                 if checkpoint.is_file() and p.stat().st_mtime < checkpoint.stat().st_mtime]
+        if args.resume and stale:
+            print(f"fusionkit train: note: {', '.join(stale)} evaluated the run before it was resumed: run "
+                  f"`fusionkit evaluate {args.out}` with their settings again", file=sys.stderr)
+        eval_path = Path(args.out) / "eval.json"
+        report = json.loads(eval_path.read_text()) if eval_path.is_file() else {"metrics": metrics}
+        print(f"test set, {args.test_segments} snippets per video:")
+        _print_metrics({**report, "roles": model.output_roles()}, model)
+        print(f"run saved to {args.out} (run.json, checkpoint.pt, history.json"
+              f"{', pretrain_history.json' if method.pretrain else ''}, eval.json; "
+              f"`fusionkit evaluate {args.out}` tests it again)")
     return 0
+
+
+def _training_plan(args, method, config, pretrain_config) -> str:
+    def epochs(c) -> str:
+        text = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}"
+        return text + (f" x {c.iterations} iterations" if c.schedule == "alternate" else "")
+
+    opt = f"{config.optimizer}, {config.lr_schedule} LR schedule"
+    if pretrain_config is None:
+        return f"training {args.method} ({method.schedule} schedule), {epochs(config)} at LR {config.lr:g} ({opt})"
+    return (f"training {args.method} in two phases ({opt}): 1. the streams ({method.pretrain}), {epochs(pretrain_config)} "
+            f"at LR {pretrain_config.lr:g}; 2. {args.method} from them ({method.schedule} schedule), {epochs(config)} "
+            f"at LR {config.lr:g} (--finetune-lr)")
 
 
 def parse_option(text: str, annotation) -> tuple[str, object]:
@@ -140,11 +319,44 @@ def _method_options(method: str, texts: list[str]) -> dict:
 _OPTION_FLAGS = {"backbone": "backbone", "pretrained": "pretrained", "new_length": "new-length"}
 
 
-def _print_metrics(report: dict) -> None:
-    roles = {name: role for role, name in report.get("roles", {}).items()}
+def _print_metrics(report: dict, model=None) -> None:
+    """Accuracy per output, what each output is (its role), and the best weight of the fusion sweep."""
+    roles = report.get("roles", {})
+    role_of = {name: role for role, name in roles.items()}
     for name, m in report["metrics"].items():
-        role = f" ({roles[name]})" if name in roles else ""
+        role = f" ({role_of[name]})" if name in role_of else ""
         print(f"{name + role:>24s}: top-1 {m['top1']:.3f}  mean class {m['mean_class']:.3f}")
+    explained = _explain_outputs(roles, getattr(model, "rgb_weight", None))
+    if explained:
+        print("outputs:\n" + _indent(explained))
+    sweep = report.get("fusion_weight_sweep")
+    if sweep:
+        best = max(range(len(sweep["top1"])), key=lambda i: (sweep["top1"][i], -abs(sweep["rgb_weight"][i] - 0.5)))
+        print(f"fusion-weight sweep ({roles.get('fused', 'fused')} = w x {roles.get('rgb')} + (1 - w) x "
+              f"{roles.get('flow')}, softmax scores): the best w is {sweep['rgb_weight'][best]:g}, top-1 "
+              f"{sweep['top1'][best]:.3f} (w = 0: {sweep['top1'][0]:.3f}, w = 1: {sweep['top1'][-1]:.3f}; every w in "
+              f"the JSON)")
+
+
+def _explain_outputs(roles: dict, rgb_weight: float | None = None) -> str:
+    """One line per output: what it predicts from (``roles``: role -> output name)."""
+    separate = roles.get("rgb") == "rgb"
+    lines = []
+    if "rgb" in roles:
+        lines.append(f"{roles['rgb']}: the appearance (RGB) tower's prediction" +
+                     (", the stream alone" if separate else ", after the method's fusion (or attention) "
+                                                                 "blocks in it"))
+    if "flow" in roles:
+        lines.append(f"{roles['flow']}: the motion (optical-flow) tower's prediction" +
+                     (", the stream alone" if separate else ""))
+    if "fused" in roles and {"rgb", "flow"} <= set(roles):
+        weight = f"{rgb_weight:g}" if rgb_weight is not None else "w"
+        lines.append(f"{roles['fused']}: the fused prediction, the method's answer: the softmax scores of "
+                     f"{roles['rgb']} (weight {weight}) and {roles['flow']} averaged")
+    elif "fused" in roles:
+        lines.append(f"{roles['fused']}: the fused prediction, the only one: the motion tower is cut at the fusion "
+                     f"point and its features fused into the appearance tower")
+    return "\n".join(lines)
 
 
 def _methods(args) -> int:
@@ -164,7 +376,7 @@ def _methods(args) -> int:
     return 0
 
 
-def _write_dataset_info(args, root, cache, classes) -> None:
+def _write_dataset_info(args, root, cache, classes, train_set, test_set, report) -> None:
     import json
     from pathlib import Path
 
@@ -172,8 +384,10 @@ def _write_dataset_info(args, root, cache, classes) -> None:
 
     atomic_write_text(Path(args.out) / "dataset.json", json.dumps(
         {"dataset": args.dataset, "root": str(Path(root).resolve()), "flow_root": str(Path(cache).resolve()),
-         "split": args.split, "classes": classes, "new_length": args.new_length, "input_size": args.input_size,
-         "segments": args.segments}, indent=1))
+         "split": args.split, "split_dir": str(Path(args.split_dir).resolve()) if args.split_dir else None,
+         "classes": classes, "new_length": args.new_length, "input_size": args.input_size, "segments": args.segments,
+         "videos": {"train": len(train_set), "test": len(test_set)}, "skip_bad": args.skip_bad,
+         "left_out": report.left_out, "truncated": report.truncated}, indent=1))
 
 
 def _evaluate(args) -> int:
@@ -187,15 +401,22 @@ def _evaluate(args) -> int:
 
     run = Path(args.run_dir)
     model, info = load_run(run)
+    if not info:
+        raise FileNotFoundError(f"{run} has no dataset.json: `fusionkit evaluate` evaluates runs of `fusionkit train`")
     test_set = build_dataset(info["dataset"], info["root"], info["flow_root"], "test", split=info["split"],
                              num_segments=args.segments, new_length=info["new_length"],
-                             input_size=info["input_size"], ten_crop=args.ten_crop)
+                             input_size=info["input_size"], ten_crop=args.ten_crop, annotations=info.get("split_dir"),
+                             skip_bad=info.get("skip_bad", False), warn=False)
+    if test_set.left_out:
+        print(f"left out {len(test_set.left_out)} test videos that cannot be used (the run was trained with --skip-bad):"
+              f"\n{_indent(str(test_set.report))}")
     result = evaluation_report(model, test_set, batch_size=args.batch_size, device=args.device,
                                ten_crop=args.ten_crop)
     name = f"eval_{args.segments}seg{'_10crop' if args.ten_crop else ''}.json"
     atomic_write_text(run / name, json.dumps(result, indent=1))
-    _print_metrics(result)
-    print(f"wrote {run / name}")
+    print(f"{len(test_set)} test videos, {args.segments} snippets per video{', ten crops each' if args.ten_crop else ''}:")
+    _print_metrics(result, model)
+    print(f"wrote {run / name} (also top-5, confusion matrices and the whole fusion-weight sweep)")
     return 0
 
 
@@ -226,107 +447,181 @@ def _bench(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written; every option's default after its help (but not None / False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+TRAIN_EPILOG = """\
+your own videos (UCF-101 / HMDB-51 layout; README "Your own videos"):
+  ucf101: <root>/<Class>/<video>.avi, split files classInd.txt, trainlist0N.txt, testlist0N.txt in
+          <root>/ucfTrainTestlist/ (as the official UCF101TrainTestSplits zip unpacks) or in <root>
+  hmdb51: <root>/<class>/<video>.avi, split files <class>_test_splitN.txt (1 train, 2 test, 0 unused) in
+          <root>/testTrainMulti_7030_splits/ (as the official test_train_splits.rar unpacks) or in <root>
+  split files anywhere else: --split-dir DIR
+  first `fusionkit extract-flow --root <root> --out <cache>`, then `fusionkit train --dataset ucf101 --root <root>
+  --flow-root <cache> ...`. Every video is checked before training; all problems are reported at once, each kind
+  with the command that repairs it (or --skip-bad trains on the rest).
+
+methods (`fusionkit methods NAME` lists one's options, given as --option KEY=VALUE):
+""" + "\n".join(f"  {name:12s} {text}" for name, text in METHOD_HELP.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fusionkit.data.flow import FLOW_BACKENDS
     from fusionkit.data.puzzles import PUZZLES
 
-    parser = argparse.ArgumentParser(prog="fusionkit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="fusionkit", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-puzzles", help="render a two-stream puzzle as a UCF-101-style dataset")
-    p.add_argument("--puzzle", required=True, choices=[*sorted(PUZZLES), "all"])
+    def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help),
+                              formatter_class=HelpFormatter, **kwargs)
+
+    backends = ("optical-flow estimator: dis (OpenCV's DIS, fast), farneback (OpenCV), tvl1 (the papers' TV-L1, "
+                "OpenCV contrib), tvl1-torch (the same TV-L1 in PyTorch, batched, on CUDA when present)")
+
+    p = command("make-puzzles", "render a two-stream puzzle as a UCF-101-style dataset")
+    p.add_argument("--puzzle", required=True, choices=[*sorted(PUZZLES), "all"], help="which puzzle")
     p.add_argument("--out", required=True, help="output folder (with --puzzle all: one subfolder per puzzle)")
-    p.add_argument("--videos-per-class", type=int, default=30)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--videos-per-class", type=int, default=30, help="videos of each of the 4 classes")
+    p.add_argument("--frames", type=int, default=24, help="frames per video")
+    p.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the rendering")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering videos")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_make_puzzles)
 
-    p = sub.add_parser("extract-flow", help="decode videos, write RGB frames and quantised optical flow (resumable)")
+    p = command("extract-flow", "decode videos, write RGB frames and quantised optical flow (resumable, self-repairing)",
+                description="Decode every video of --root (<root>/<Class>/<video>.avi) and write its RGB frames and "
+                            "optical flow, quantised to JPEGs, under --out. Rerunning it resumes: finished videos "
+                            "are checked against the sizes recorded when they were written (--verify: decoded) and "
+                            "skipped, damaged ones extracted again (reported as REPAIRED). A video that cannot be "
+                            "read is reported FAILED (exit status 1) and the others go on; one that decodes to fewer "
+                            "frames than its container promises is used as far as it decodes and reported TRUNCATED.")
     p.add_argument("--root", required=True, help="dataset root: <root>/<Class>/<video>.avi")
-    p.add_argument("--out", required=True, help="cache folder for frames and flow")
-    p.add_argument("--backend", default="dis", choices=sorted(FLOW_BACKENDS))
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", required=True, help="cache folder for frames and flow (the --flow-root of train)")
+    p.add_argument("--backend", default="dis", choices=sorted(FLOW_BACKENDS), help=backends)
+    p.add_argument("--workers", type=int, default=1, help="processes, one video each at a time (up to one per CPU "
+                                                          "core; tvl1-torch on one GPU: 1-2)")
+    p.add_argument("--verify", action="store_true", help="also decode every JPEG of the videos already done (about "
+                                                         "as long as reading the cache once), not only check sizes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract_flow)
 
-    p = sub.add_parser("train", help="train a method on puzzles, UCF-101 or HMDB-51, then evaluate it")
-    p.add_argument("--dataset", required=True, help="puzzles:<name> | ucf101 | hmdb51")
-    p.add_argument("--root", help="videos with split files (puzzles: the data folder, default ./data)")
-    p.add_argument("--flow-root", help="extract-flow output for --root (made on demand for puzzles)")
-    p.add_argument("--flow-backend", default="dis", choices=sorted(FLOW_BACKENDS), help="puzzles only")
-    p.add_argument("--split", type=int, default=1)
-    # (method and backbone names are checked by the registries, which list the choices: importing
-    # them here would load torch for every command)
-    p.add_argument("--method", default="late",
-                   help="late, spatial, conv_fusion, cmmp, ccs, cma, nonlocal, or a registered plugin (`fusionkit methods`)")
+    p = command("train", "train a method on puzzles, UCF-101 or HMDB-51, then evaluate it", epilog=TRAIN_EPILOG)
+    p.add_argument("--dataset", required=True, help="puzzles:<name> (rendered and extracted on demand), ucf101 or "
+                                                    "hmdb51 (your videos, see below)")
+    p.add_argument("--root", help="ucf101 / hmdb51: the videos, <root>/<Class>/<video>.avi, with the split files "
+                                  "(see below); puzzles: the data folder (default ./data)")
+    p.add_argument("--flow-root", help="ucf101 / hmdb51: the frames and flow, `fusionkit extract-flow`'s --out for "
+                                       "--root (puzzles: made on demand)")
+    p.add_argument("--split-dir", metavar="DIR", help="the folder holding the split files, if not where --root's "
+                                                      "layout puts them (see below)")
+    p.add_argument("--split", type=int, default=1, choices=[1, 2, 3],
+                   help="the official split: ucf101 trainlist0N.txt / testlist0N.txt, hmdb51 <class>_test_splitN.txt "
+                        "(puzzles have split 1 only)")
+    p.add_argument("--skip-bad", action="store_true", help="train and test on the videos that can be used, leaving "
+                                                           "out (and listing) those that cannot")
+    p.add_argument("--flow-backend", default="dis", choices=sorted(FLOW_BACKENDS), help="puzzles only: " + backends)
+    p.add_argument("--method", default="late", metavar="METHOD",
+                   help="the method (listed below, or a registered plugin; `fusionkit methods` describes them)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable: --option fusion=bilinear --option position=stage2 "
                         "(`fusionkit methods NAME` lists them with types and defaults)")
-    p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny, resnet18, resnet50, vgg16, r3d_18, r2plus1d_18, ...")
-    p.add_argument("--pretrained", action="store_true", help="ImageNet weights (downloaded once, if online)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--backbone", default="tiny", help="a registered backbone: tiny (CPU-sized, for the puzzles), "
+                                                      "resnet18, resnet50, vgg16, r3d_18, r2plus1d_18, vggm2048, ...")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet (3D: Kinetics-400) weights for the backbone, "
+                                                             "downloaded once if online")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each phase: the streams' and the method's "
+                                                          "(cma: of each iteration)")
+    p.add_argument("--batch-size", type=int, default=16, help="videos per batch (under torchrun: the global batch)")
+    p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=["sgd", "adamw"],
+                   help="sgd (momentum 0.9, as TSN) or adamw")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help="learning rate (of the streams, for methods that start from them). The default, AdamW at "
+                        "1e-3, trains every method stably on real footage; SGD at 0.01 (the Python API's TrainConfig "
+                        "default, kept for the notebooks' numbers) made conv_fusion's fusion phase diverge there. The "
+                        "puzzles' recipes: --optimizer adamw --lr 0.002")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help=f"learning rate of the second phase of the methods that start from separately trained "
+                        f"streams ({', '.join(FROM_TRAINED_STREAMS)}): their new fusion layers are trained with "
+                        f"layers that are already trained, as the papers do, at a lower rate (Feichtenhofer et al.: "
+                        f"1e-3 after 1e-2; Wang et al.: a tenth); default: {FINETUNE_LR_FACTOR:g} x --lr")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (AdamW: decoupled)")
+    p.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step", "constant", "plateau"],
+                   help="LR over each phase's epochs: cosine decay, x0.1 steps at each third, or constant")
     p.add_argument("--iterations", type=int, default=1,
                    help="methods trained branch by branch (cma): iterations of --epochs epochs each")
-    p.add_argument("--segments", type=int, default=3, help="TSN segments in training")
-    p.add_argument("--test-segments", type=int, default=25)
-    p.add_argument("--new-length", type=int, default=5, help="L: flow fields per snippet")
-    p.add_argument("--input-size", type=int, default=None, help="crop size (default: puzzle size, or 224)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--flow-workers", type=int, default=2, help="puzzles: processes extracting flow")
-    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    p.add_argument("--out", required=True, help="run folder: checkpoint, history, evaluation")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--segments", type=int, default=3, help="TSN segments in training: one snippet each per video")
+    p.add_argument("--test-segments", type=int, default=25, help="snippets per video in testing, evenly spaced")
+    p.add_argument("--new-length", type=int, default=5, help="L: flow fields per snippet (the motion tower takes 2L "
+                                                             "channels)")
+    p.add_argument("--input-size", type=int, default=None, help="crop size (default: the puzzle's frame size, or 224)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, snippets and batches")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--flow-workers", type=int, default=2, help="puzzles only: processes extracting the flow of a "
+                                                               "puzzle rendered on demand (real datasets: extract-flow "
+                                                               "--workers)")
+    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader processes decoding frames and flow while "
+                                                                 "the model trains (0: in the main process)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (an "
+                                                         "interrupted epoch is re-run to the same result)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --out (checkpoint, history, "
+                                                            "evaluations) and train anew")
+    p.add_argument("--out", required=True, help="run folder: run.json, dataset.json, checkpoint.pt, history.json, "
+                                                "eval.json (an existing run is refused without --resume or "
+                                                "--overwrite)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
+                                                        "summary, warnings and results still print)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("methods", help="list the methods, or one method's options with their types and defaults")
+    p = command("methods", "list the methods, or one method's options with their types and defaults")
     p.add_argument("names", nargs="*", help="methods to describe in full (default: one line for each)")
     p.set_defaults(func=_methods)
 
-    p = sub.add_parser("evaluate", help="evaluate a trained run: per-stream and fused accuracy, weight sweep")
-    p.add_argument("run_dir")
-    p.add_argument("--segments", type=int, default=25)
+    p = command("evaluate", "evaluate a trained run: each output's accuracy and the best fusion weight",
+                description="Test a run of `fusionkit train` again, e.g. with more snippets or ten crops. Prints each "
+                            "output's top-1 and mean-class accuracy, what each output is, and the best RGB weight of "
+                            "the fusion-weight sweep; writes RUN_DIR/eval_<N>seg[_10crop].json with those, top-5, the "
+                            "confusion matrices and the whole sweep.")
+    p.add_argument("run_dir", help="the --out of `fusionkit train`")
+    p.add_argument("--segments", type=int, default=25, help="snippets per video, evenly spaced")
     p.add_argument("--ten-crop", action="store_true", help="4 corners + centre, and their flips")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per batch")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, ...")
     p.set_defaults(func=_evaluate)
 
     from fusionkit.lab.run_notebooks import PROJECT_ROOT
 
-    p = sub.add_parser("run-notebooks", help="build the puzzles and their flow, then execute every notebook with papermill")
-    p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"))
+    p = command("run-notebooks", "build the puzzles and their flow, then execute every notebook with papermill")
+    p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"), help="folder of the notebooks")
     p.add_argument("--out", default=str(PROJECT_ROOT / "build"), help="folder for the executed copies")
     p.add_argument("--data", default=str(PROJECT_ROOT / "data"), help="folder for puzzles and flow")
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, seconds per notebook")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes preparing the puzzles")
     p.set_defaults(func=_run_notebooks)
 
-    p = sub.add_parser("bench", help="train every fusion method on every puzzle over seeds: table + heatmap")
+    p = command("bench", "train every fusion method on every puzzle over seeds: table + heatmap")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, three puzzles (seconds per job)")
     p.add_argument("--methods", nargs="+", help="benchmark entries (default: late spatial(fusion=sum) spatial(fusion=conv) conv_fusion cmmp "
                         "ccs(embedding_dim=64) cma(position_frequencies=3)); a registered block's name is its spatial(fusion=NAME) row")
     p.add_argument("--blocks", nargs="+", help="registered fusion blocks to add as spatial-fusion rows")
     p.add_argument("--plugins", nargs="+", help="modules or .py files to import first (they register your blocks)")
-    p.add_argument("--puzzles", nargs="+", choices=sorted(PUZZLES))
+    p.add_argument("--puzzles", nargs="+", choices=sorted(PUZZLES), help="puzzles to benchmark (default: all)")
     p.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...); default 3 (--quick: 1)")
     p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, ...")
     p.add_argument("--data", default="data", help="folder for puzzles and flow")
     p.add_argument("--work-dir", default="build/bench", help="each finished job is saved here")
     p.add_argument("--resume", action="store_true", help="reuse finished jobs in --work-dir (same settings)")
     p.add_argument("--figures", default="figures", help="writes <figures>/results/<name>.json|.md and the heatmap")
-    p.add_argument("--name", default="benchmark")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--name", default="benchmark", help="file name of the results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
 
     from fusionkit.lab.assignments.commands import add_assignment_parser
@@ -335,13 +630,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogLines(logging.Handler):
+    """The library's log lines as the command's output: per-epoch lines and phases on stdout,
+    warnings on stderr as ``fusionkit CMD: warning: ...``."""
+
+    def __init__(self, command: str, level: int):
+        super().__init__(level)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            print(f"fusionkit {self.command}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        else:
+            print(record.getMessage(), flush=True)
+
+
+def _error_text(e: BaseException) -> str:
+    """An error's message; one raised in a DataLoader worker comes with the worker's traceback,
+    of which only the last line, the error itself, is kept."""
+    text = str(e)
+    marker = f"{type(e).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text[text.rindex(marker) + len(marker):].strip()
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = args.command
+    library = logging.getLogger("fusionkit")
+    level, propagate, handlers = library.level, library.propagate, list(library.handlers)
+    if command == "train":  # its epoch lines and phases (bench's workers, say, keep quiet)
+        library.addHandler(_LogLines(command, logging.WARNING if args.quiet else logging.INFO))
+        library.setLevel(logging.INFO)
+        library.propagate = False
     try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"fusionkit {args.command}: error: {e}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, *rest, **kw: print(
+                f"fusionkit {command}: warning: {message}", file=sys.stderr, flush=True)
+            return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError, FloatingPointError) as e:
+        print(f"fusionkit {command}: error: {_error_text(e)}", file=sys.stderr)
         return 2
+    finally:
+        library.handlers[:] = handlers
+        library.setLevel(level)
+        library.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def smoke_copy(notebook: Path, dest_dir: Path, data_dir: Path, figures_dir: Path
     assert "parameters" in cell.metadata.get("tags", []), f"{notebook.name}: first code cell is not tagged parameters"
     source = cell.source
     for name, value in (("SMOKE", True), ("DATA_DIR", str(data_dir)), ("FIGURES_DIR", str(figures_dir))):
-        source, n = re.subn(rf"^{name}\s*=\s*[^#\n]*?(\s*(#.*)?)$", lambda m: f"{name} = {value!r}{m.group(1)}",
-                            source, count=1, flags=re.M)
+        source, n = re.subn(rf"^{name}(\s*:[^=\n]+)?\s*=\s*[^#\n]*?(\s*(#.*)?)$",
+                            lambda m: f"{name} = {value!r}{m.group(2)}", source, count=1, flags=re.M)
         assert n == 1, f"{notebook.name}: the parameters cell has no `{name} = ...` line"
     cell.source = source
     out = Path(dest_dir) / notebook.name

@@ -143,9 +143,8 @@ def test_train_builds_and_trains_exactly_the_model_the_options_name(tmp_path, mo
 
 @pytest.mark.parametrize("method, options, message", [
     ("magic", [], r"unknown method 'magic'; the methods are ccs, cma, cmmp, conv_fusion, late, nonlocal, spatial"),
-    ("spatial", ["fusoin=sum"], r"method 'spatial' has no option fusoin; its options are backbone, dropout, fusion, "
-                                r"fusion_options, head_hidden, keep_flow_tower, new_length, position, pretrained, "
-                                r"rgb_weight, widths"),
+    ("spatial", ["fusoin=sum"], r"method 'spatial' has no option fusoin; its options are {spatial_options} "
+                                r"\(`fusionkit methods spatial` gives their types and defaults\)"),
     ("spatial", ["fusion=sum", "stage=2", "depth=3"], r"has no option depth, stage; its options are backbone, "),
     ("spatial", ["keep_flow_tower=maybe"], r"--option keep_flow_tower: expected true or false, got 'maybe'"),
     ("cmmp", ["adversarial=perhaps"], r"--option adversarial: expected true or false, got 'perhaps'"),
@@ -158,6 +157,9 @@ def test_train_refuses_unknown_methods_options_and_values_before_writing_anythin
     import re
 
     import fusionkit.data.puzzles as puzzles
+    from fusionkit.methods import method_options
+
+    message = message.replace("{spatial_options}", ", ".join(sorted(method_options("spatial"))))
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was prepared before the options were checked")

@@ -83,6 +83,7 @@ class DatasetReport:
     problems: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> {video path: detail}
     fixes: dict[str, str] = field(default_factory=dict)  # kind -> how to fix it
     truncated: dict[str, str] = field(default_factory=dict)  # video path -> warning
+    inspected: dict[str, tuple] = field(default_factory=dict, repr=False)  # video path -> store.inspect's answer
 
     @property
     def usable(self) -> list[VideoRecord]:
@@ -123,17 +124,23 @@ class DatasetReport:
 
 
 def check_records(records: Sequence[VideoRecord], store: FrameStore, new_length: int = 1,
-                  check: str = "names") -> DatasetReport:
+                  check: str = "names", known: DatasetReport | None = None) -> DatasetReport:
     """Check every video of ``records`` in ``store``; returns the report, raising nothing.
 
     ``check``: ``names`` (every frame and flow file is there: one listing per video), ``sizes``
     (and has the size recorded when it was written), ``decode`` (and decodes: reads everything).
     A video with fewer than ``new_length`` flow fields is a problem too (``too_short``).
+    ``known``: a report of an earlier check of the same store (e.g. :func:`check_dataset` over
+    train and test): its videos are taken from it, not inspected again.
     """
     report = DatasetReport(store, list(records))
     short = []
     for record in report.records:
-        status, detail = store.inspect(record, check)
+        if known is not None and record.path in known.inspected:
+            status, detail = known.inspected[record.path]
+        else:
+            status, detail = store.inspect(record, check)
+        report.inspected[record.path] = (status, detail)
         if status == "ok" and detail["flows"] < new_length:
             short.append(detail["flows"])
             status, detail = "too_short", f"{detail['flows']} flow fields < new_length={new_length}"
@@ -163,19 +170,22 @@ def _layout_hint(root) -> str:
 
 def check_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.PathLike | FrameStore, split: int = 1,
                   subsets: Sequence[str] = ("train", "test"), new_length: int = 1, check: str = "sizes",
-                  annotations=None) -> DatasetReport:
+                  annotations=None, raise_problems: bool = True) -> DatasetReport:
     """Check a whole dataset before training on it: its split file(s), videos and frame/flow cache.
 
     Raises one :class:`DatasetError` listing every problem, grouped by kind (listed in the split
     file but absent from ``root``; extraction FAILED, and why; not extracted; damaged cache folder;
     shorter than ``new_length``), each video named and each kind with its fix. Returns the report
     (with any truncated videos) when everything is usable. ``check`` as in :func:`check_records`;
-    the default ``sizes`` stats every file, ``decode`` reads them all.
+    the default ``sizes`` stats every file, ``decode`` reads them all. ``raise_problems=False``
+    returns the report with its problems instead (to build the datasets from the rest: pass it to
+    :func:`build_dataset` as ``checked`` with ``skip_bad=True``).
     """
     s = load_split(dataset, root, split, annotations)
     records = [r for subset in subsets for r in getattr(s, subset)]
     store = cache_root if isinstance(cache_root, FrameStore) else FusionkitCache(cache_root, root)
-    return check_records(records, store, new_length, check).raise_for_problems()
+    report = check_records(records, store, new_length, check)
+    return report.raise_for_problems() if raise_problems else report
 
 
 class TwoStreamDataset(Dataset):
@@ -204,12 +214,17 @@ class TwoStreamDataset(Dataset):
         check: how closely the videos are checked first: ``names`` (default: every file is there),
             ``sizes`` or ``decode`` (see :func:`check_records`). A file damaged later raises an error
             naming the video and the command that repairs it when it is read.
+        checked: a report of an earlier check (:func:`check_dataset`): the videos it covers are not
+            inspected again.
+        warn: warn about left-out and truncated videos (a caller that prints :meth:`summary` or the
+            report itself turns it off).
     """
 
     def __init__(self, records: Sequence[VideoRecord], cache_root: str | os.PathLike | FrameStore,
                  num_segments: int = 3, new_length: int = 5, train: bool = True,
                  transform: PairedTransform | None = None, flow_bound: float = FLOW_BOUND, in_memory: bool = False,
-                 root: str | os.PathLike | None = None, skip_bad: bool = False, check: str = "names"):
+                 root: str | os.PathLike | None = None, skip_bad: bool = False, check: str = "names",
+                 checked: DatasetReport | None = None, warn: bool = True):
         if num_segments < 1 or new_length < 1:
             raise ValueError(f"num_segments and new_length must be >= 1, got {num_segments}, {new_length}")
         self.store = cache_root if isinstance(cache_root, FrameStore) else FusionkitCache(cache_root, root, flow_bound)
@@ -218,14 +233,14 @@ class TwoStreamDataset(Dataset):
         self.flow_bound = self.store.bound
         self.in_memory = in_memory
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # index -> (all frames, all flow)
-        self.report = check_records(records, self.store, new_length, check)
+        self.report = check_records(records, self.store, new_length, check, known=checked)
         if not (skip_bad and self.report.info):
             self.report.raise_for_problems()
         self.left_out = self.report.left_out  # video path -> why it was left out (skip_bad)
-        if self.left_out:
+        if self.left_out and warn:
             warnings.warn(f"left out {len(self.left_out)} of {len(self.report.records)} videos that cannot be used "
                           f"(skip_bad=True; see .left_out):\n{self.report}", RuntimeWarning, stacklevel=2)
-        elif self.report.truncated:
+        elif self.report.truncated and warn:
             warnings.warn(str(self.report), RuntimeWarning, stacklevel=2)
         self.records = self.report.usable
         self.meta = [self.report.info[r.path] for r in self.records]
@@ -280,7 +295,8 @@ class TwoStreamDataset(Dataset):
 
 
 def build_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.PathLike, subset: str = "train",
-                  split: int = 1, input_size: int | None = None, ten_crop: bool = False, **kwargs) -> TwoStreamDataset:
+                  split: int = 1, input_size: int | None = None, ten_crop: bool = False, annotations=None,
+                  **kwargs) -> TwoStreamDataset:
     """The train or test subset of ``ucf101``, ``hmdb51`` or ``puzzles:<name>`` as a TwoStreamDataset,
     with the augmentation each calls for.
 
@@ -288,10 +304,11 @@ def build_dataset(dataset: str, root: str | os.PathLike, cache_root: str | os.Pa
     training; short side resized to 256/224 of the crop and a centre crop (or ten crops) for testing.
     Puzzles: crops of 100% or 87.5% of the frame resized back to its size (stronger jitter would
     cut sprites out of the frame), flipped only where the puzzle's labels survive a mirror.
+    ``annotations``: the folder of the split files (see :func:`~fusionkit.data.splits.load_split`).
     """
     if subset not in ("train", "test"):
         raise ValueError(f"subset must be 'train' or 'test', not {subset!r}")
-    s = load_split(dataset, root, split)
+    s = load_split(dataset, root, split, annotations)
     train = subset == "train"
     if "transform" not in kwargs:
         if dataset.startswith("puzzles"):

@@ -26,6 +26,10 @@ from typing import Sequence
 from fusionkit.data.atomic import atomic_write_text
 
 
+# How a message names the split-file folder option: the command line's flag and the Python argument.
+SPLIT_DIR_HINT = "`fusionkit train --split-dir DIR`; `annotations=DIR` in Python"
+
+
 class SplitError(ValueError):
     """A split file is malformed or inconsistent; the message names the file and line."""
 
@@ -62,7 +66,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 def _need(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: expected {path}. Place the official split files there, "
-                                f"or pass annotations=<folder holding them>.")
+                                f"or point to the folder holding them ({SPLIT_DIR_HINT}).")
     return path
 
 
@@ -141,8 +145,9 @@ def load_hmdb51_split(root: str | os.PathLike, split: int = 1, annotations: str 
     suffix = f"_test_split{split}.txt"
     files = sorted(ann.glob(f"*{suffix}"))
     if not files:
-        raise FileNotFoundError(f"no HMDB-51 split files '*{suffix}' in {ann}. Unpack test_train_splits.rar there, "
-                                f"or pass annotations=<folder holding them>.")
+        raise FileNotFoundError(f"no HMDB-51 split files '*{suffix}' in {ann}. Unpack test_train_splits.rar there "
+                                f"(its testTrainMulti_7030_splits/ folder), or point to the folder holding them "
+                                f"({SPLIT_DIR_HINT}).")
     classes = [f.name[: -len(suffix)] for f in files]
     out = Split(classes)
     for label, (name, path) in enumerate(zip(classes, files)):

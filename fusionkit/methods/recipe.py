@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -163,7 +164,8 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
     ``"above_fusion"``. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
     also writes ``run.json`` (what was run), the checkpoint and history (see
-    :class:`fusionkit.training.trainer.Trainer`) and ``eval.json``. Under torchrun every process trains and
+    :class:`fusionkit.training.trainer.Trainer`) and ``eval.json`` (and ``pretrain_history.json``, the epochs
+    of the streams it trained first). Under torchrun every process trains and
     only rank 0 evaluates and writes (the other ranks get ``metrics=None``).
     """
     m = get_method(method)
@@ -176,11 +178,14 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         kwargs["rgb_weight"] = alternate_final_rgb_weight(config)
     seed_everything(config.seed)  # the initial weights too (torch seeds each process differently otherwise)
     model = m.build(num_classes, backbone=backbone, **kwargs)
+    pretrain_history = None
     if m.pretrain is not None:
         if init_from is None:
             shared = {k: v for k, v in kwargs.items() if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained")}
-            init_from, _, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
-                                         config=pretrain_config or config, **shared)
+            _log_phase(f"phase 1/2: training the streams ({m.pretrain})")
+            init_from, pretrain_history, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
+                                                        config=pretrain_config or config, **shared)
+            _log_phase(f"phase 2/2: {method} from the trained streams ({m.schedule} schedule)")
         initialise_from(model, init_from, m.initialise)
         finetune = finetune or m.finetune
         if finetune not in ("all", "above_fusion"):
@@ -193,6 +198,8 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         atomic_write_text(Path(out_dir) / "run.json", json.dumps(
             {"method": method, "backbone": backbone, "num_classes": num_classes, "model_kwargs": kwargs,
              "training_options": training_options, "train": asdict(config)}, indent=1))
+        if pretrain_history is not None:  # phase 1's epochs (history.json holds phase 2's)
+            atomic_write_text(Path(out_dir) / PRETRAIN_HISTORY, json.dumps(pretrain_history, indent=1))
     history = Trainer(model, train_set, config, val_set=val_set, out_dir=out_dir).fit(resume=resume)
     metrics = None
     if test_set is not None and is_main_process():  # the whole test set, once (the other ranks are done)
@@ -201,6 +208,14 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         if writes:
             atomic_write_text(Path(out_dir) / "eval.json", json.dumps(report, indent=1))
     return model, history, metrics
+
+
+PRETRAIN_HISTORY = "pretrain_history.json"  # a method with `pretrain`: the history of the streams it started from
+
+
+def _log_phase(text: str) -> None:
+    if is_main_process():
+        logging.getLogger(__name__).info(text)
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,10 @@ from fusionkit.training.schedules import (ALTERNATE_RGB_WEIGHT, SCHEDULES, Objec
                                           branch_objective, lr_factor, make_optimizer)
 
 CHECKPOINT = "checkpoint.pt"
+# One INFO line per epoch (and per alternate iteration), a WARNING when the loss keeps rising: the
+# `fusionkit` command prints them; elsewhere only warnings show (Python's last-resort handler).
+log = logging.getLogger(__name__)
+RISING_EPOCHS = 2  # a phase's loss up this many epochs in a row, above its first epoch's: flagged (rising_loss)
 
 
 @dataclass
@@ -170,6 +175,9 @@ class Trainer:
             self.model.train_branch(branch)
             self.model.rgb_weight = ALTERNATE_RGB_WEIGHT[branch]
             self.objective = self.fixed_objective or branch_objective(branch)
+            if distributed.is_main_process():
+                log.info(f"iteration {phase + 1}/{len(self.branches)}: training the {branch} branch, the other "
+                         f"frozen, {self.config.epochs} epoch{'s' if self.config.epochs != 1 else ''}")
         self.train_model = self._data_parallel()
         self.optimizer = make_optimizer(self.model.parameters(), self.config)
         self.phase = phase
@@ -211,9 +219,28 @@ class Trainer:
                                    num_workers=self.config.num_workers)
                 record["val"] = {name: round(m["top1"], 4) for name, m in metrics.items()}
             self.history.append(record)
+            self._report_epoch(record)
             self.epoch += 1
             self.save_checkpoint()
         return self.history
+
+    def _report_epoch(self, record: dict) -> None:
+        """Flag a rising loss in the record (``rising_loss``) and log the epoch's line."""
+        phase = [h["loss"] for h in self.history[self.epoch - self.epoch % self.config.epochs:]]
+        recent = phase[-RISING_EPOCHS - 1:]
+        if len(recent) > RISING_EPOCHS and all(a < b for a, b in zip(recent, recent[1:])) and recent[-1] > phase[0]:
+            record["rising_loss"] = True
+            if distributed.is_main_process():
+                log.warning(f"the training loss has risen for {RISING_EPOCHS} epochs in a row "
+                            f"({' -> '.join(f'{x:.3f}' for x in recent)}), above where this phase started: training "
+                            f"is diverging; lower the learning rate ({record['lr']:g} in this epoch)")
+        if distributed.is_main_process():
+            accuracy = "  ".join(f"{k} {v:.3f}" for k, v in record["train"].items())
+            val = "  ".join(f"{k} {v:.3f}" for k, v in record.get("val", {}).items())
+            losses = ", ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss_"))
+            log.info(f"epoch {record['epoch']}/{self.total_epochs}  lr {record['lr']:.3g}  loss {record['loss']:.3f}"
+                     + (f" ({losses})" if losses else "") + f"  train top-1: {accuracy}"
+                     + (f"  val top-1: {val}" if val else ""), extra={"record": record})
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the data at epoch ``epoch`` (0-based, counted over all phases)."""
