@@ -209,6 +209,7 @@ def _train_in_group(args, main_process: bool, options: dict) -> int:
     from fusionkit.training.trainer import TrainConfig
 
     args.quiet = args.quiet or not main_process  # one set of progress bars, rank 0's
+    recipe = _recipe_flags(args) if getattr(args, "recipe", None) else None  # --recipe: its data settings
     with main_process_first():  # puzzles are rendered and their flow extracted once, not by every process
         root, cache = _dataset_paths(args)
     train_set, test_set, classes, report = _datasets(args, root, cache)
@@ -222,6 +223,8 @@ def _train_in_group(args, main_process: bool, options: dict) -> int:
         pretrain_config = config
         finetune_lr = args.finetune_lr if args.finetune_lr is not None else args.lr * FINETUNE_LR_FACTOR
         config = replace(config, lr=finetune_lr)
+    if recipe is not None:  # --recipe: its configs, the training flags given over them
+        config, pretrain_config = _recipe_configs(args, *recipe, len(train_set), method.pretrain is not None)
     if main_process:
         print(dataset_summary(args, classes, train_set, test_set, report))
         if args.overwrite and _existing_run(args.out):
@@ -230,7 +233,8 @@ def _train_in_group(args, main_process: bool, options: dict) -> int:
         print(_training_plan(args, method, config, pretrain_config))
     model, history, metrics = run_method(args.method, train_set, test_set, len(classes), backbone=args.backbone,
                                          config=config, pretrain_config=pretrain_config, out_dir=args.out,
-                                         resume=args.resume, pretrained=args.pretrained, **options)
+                                         resume=args.resume, pretrained=args.pretrained,
+                                         recipe=getattr(args, "recipe", None), **options)
     if main_process:
         import json
         from pathlib import Path
@@ -447,6 +451,103 @@ def _bench(args) -> int:
     return 0
 
 
+# ---- `fusionkit reproduce` and `fusionkit train --recipe` (the papers' tables and recipes) ----------
+RECIPE_TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "iterations")
+RECIPE_DATA_FLAGS = ("segments", "test_segments", "new_length", "input_size")
+
+
+def _train_flag_defaults() -> dict:
+    """The train command's flag defaults, to tell the flags given on the command line from the rest."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices["train"]._actions}
+
+
+def _recipe_flags(args):
+    """``train --recipe``: the recipe's data settings where the dataset flags were left at their
+    defaults. Returns (the recipe, the flags given on the command line)."""
+    from fusionkit.methods.training_recipes import get_recipe
+
+    recipe = get_recipe(args.method, args.recipe)
+    given = {k for k, d in _train_flag_defaults().items() if hasattr(args, k) and getattr(args, k) != d}
+    for flag in RECIPE_DATA_FLAGS:
+        if flag in recipe.data and flag not in given:
+            setattr(args, flag, recipe.data[flag])
+    return recipe, given
+
+
+def _recipe_configs(args, recipe, given: set, train_videos: int, has_streams: bool):
+    """The recipe's (config, streams config), with the training flags given on the command line over
+    them (--lr: the streams' LR and --finetune-lr the method's, for a method started from streams)."""
+    from dataclasses import replace
+
+    run = dict(seed=args.seed, device=args.device, num_workers=args.loader_workers, progress=not args.quiet)
+    flags = {flag: getattr(args, flag) for flag in RECIPE_TRAIN_FLAGS if flag in given}
+    config, streams = recipe.config(train_videos), recipe.pretrain_config(train_videos)
+    if has_streams:
+        if streams is not None:
+            streams = replace(streams, **flags, **run)
+        flags.pop("lr", None)
+        if getattr(args, "finetune_lr", None) is not None:
+            flags["lr"] = args.finetune_lr
+    return replace(config, **flags, **run), streams
+
+
+def _reproduce(args) -> int:
+    from fusionkit.lab.reproduce import format_cell, reproduce
+    from fusionkit.methods.tables import TABLES, paper_id
+
+    if args.table is None:  # list the paper's tables
+        paper = paper_id(args.paper)
+        for key in sorted(k for k in TABLES if k.startswith(paper + "-")):
+            t = TABLES[key]
+            print(f"table {t.number}: {t.title} ({len(t.buildable)} of {len(t.rows)} rows buildable)")
+        print(f"`fusionkit reproduce {paper} --table N --dataset puzzles:NAME` runs one")
+        return 0
+    out = args.out or ("build/reproductions" if args.quick else "reproductions")
+    report = reproduce(args.paper, args.table, args.dataset, recipe=args.recipe, seeds=args.seeds, quick=args.quick,
+                       epochs=args.epochs, backbone=args.backbone, data_dir=args.data, out_dir=out, root=args.root,
+                       flow_root=args.flow_root, split=args.split, device=args.device, note=args.note or "",
+                       progress=not args.quiet)
+    for row in report["rows"]:
+        cells = "  ".join(f"{k}: ours {format_cell(v)} / paper {row['paper'].get(k, '-')}" for k, v in row["ours"].items())
+        print(f"{row['name']:34s} {cells if row['status'] == 'ran' else row['status'] + ': ' + row['reason']}")
+    for claim in report["claims"]:
+        verdict = {True: "follows", False: "does NOT follow", None: "not checked"}[claim["holds"]]
+        print(f"claim: {claim['text']}: ours {verdict}")
+    print(f"{report['seconds'] / 60:.1f} min; wrote " + " and ".join(report["files"]))
+    return 0
+
+
+def _add_reproduce_parser(command) -> None:
+    p = command("reproduce", "train every buildable row of a paper's ablation table, ours beside the paper's numbers",
+                description="Train every row of a paper's table that fusionkit can build (each with its method's "
+                            "recipe, the fine-tuned rows from one set of separately trained streams per seed) and write "
+                            "<out>/<paper>-table<N>.json and .md: our number (mean +- std over the seeds) beside the "
+                            "paper's, the paper's claimed orderings and whether ours follow them, the rows that cannot "
+                            "be built and why, and the wall time.")
+    p.add_argument("paper", help="feichtenhofer2016 (conv_fusion), wang2018 (cmmp), zhang2019 (ccs) or chi2019 (cma)")
+    p.add_argument("--table", type=int, help="the table's number (without it: list the paper's tables)")
+    p.add_argument("--dataset", default="puzzles:registration", help="puzzles:<name>, ucf101 or hmdb51 (with --root "
+                                                                     "and --flow-root)")
+    p.add_argument("--recipe", default="teaching", choices=["teaching", "paper"],
+                   help="the methods' recipes: teaching (the notebooks' CPU settings) or paper")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one epoch a phase: seconds per row (a smoke test; "
+                                                        "writes to build/reproductions unless --out)")
+    p.add_argument("--epochs", type=int, help="every phase's epochs instead of the recipe's (to fit a time budget; "
+                                              "recorded in the files)")
+    p.add_argument("--backbone", default="tiny", help="the towers' backbone (rows that name one use theirs)")
+    p.add_argument("--data", default="data", help="puzzles: the folder for the rendered videos and their flow")
+    p.add_argument("--root", help="ucf101 / hmdb51: the videos and split files")
+    p.add_argument("--flow-root", help="ucf101 / hmdb51: `fusionkit extract-flow`'s output for --root")
+    p.add_argument("--split", type=int, default=1, choices=[1, 2, 3], help="ucf101 / hmdb51: the official split")
+    p.add_argument("--out", help="folder for the files (default: reproductions, --quick: build/reproductions)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, ...")
+    p.add_argument("--note", help="a line for the files (e.g. why fewer seeds or epochs than the recipe's)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_reproduce)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions and epilogs as written; every option's default after its help (but not None / False)."""
 
@@ -578,6 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "--overwrite)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines (the dataset "
                                                         "summary, warnings and results still print)")
+    p.add_argument("--recipe", choices=["teaching", "paper"],
+                   help="train with the method's recipe (fusionkit.methods.training_recipes): its optimizer, LR schedule, "
+                        "epochs or iterations, batch, dropout, segments and snippet length; the flags given on "
+                        "the command line win over it")
     p.set_defaults(func=_train)
 
     p = command("methods", "list the methods, or one method's options with their types and defaults")
@@ -623,6 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="benchmark", help="file name of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_bench)
+
+    _add_reproduce_parser(command)
 
     from fusionkit.lab.assignments.commands import add_assignment_parser
 

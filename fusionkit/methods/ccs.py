@@ -350,18 +350,24 @@ def ccs_objective(**kwargs) -> Callable[[Mapping, torch.Tensor], dict[str, torch
 
 # ---- the network (Fig. 2) ------------------------------------------------------------------------
 def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, fusion_options: dict | None = None,
-        **network) -> TwoStreamNet:
+        shared_embedding: bool = True, **network) -> TwoStreamNet:
     """Cooperative cross-stream network (Fig. 2): the connection block ``fusion`` after the last stage
     (``None`` leaves it out: Table 3's "CS" and baseline rows), then the shared block, one fully
     connected layer embedding both towers' features into D dimensions (:class:`SharedEmbedding`), and
     a classifier per stream on the embeddings. Outputs ``ccs-R``, ``ccs-F``, ``ccs-S``;
-    ``out.extras["embeddings"]`` feeds the ranking losses."""
+    ``out.extras["embeddings"]`` feeds the ranking losses.
+
+    ``shared_embedding=False`` leaves the shared block out, each stream's classifier on its own
+    features (Table 3's baseline and CB rows, trained with ``ranking_losses=False``: the ranking
+    losses compare the shared embeddings, which this network has none of). With ``fusion=None`` too
+    it is the plain two-stream network (outputs ``rgb``, ``flow``, ``ccs``)."""
     probe = probe_backbone(**network)
     c = probe.out_channels
     blocks = ({probe.stage_names[-1]: build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_options or {}))}
               if fusion is not None else {})
-    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True,
-                        embedding=SharedEmbedding(c, embedding_dim), method="ccs", **network)
+    embedding = SharedEmbedding(c, embedding_dim) if shared_embedding else None
+    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, embedding=embedding, method="ccs",
+                        **network)
 
 
 # Eq. 6 end to end, its margins and weights from TrainConfig.extra (keyword arguments of ccs_losses)
@@ -381,3 +387,98 @@ register_method(Method(
                 "shared embedding layer, cross-entropy plus the inter-modality triplet and discriminative "
                 "embedding losses (Eq. 4-6), trained end to end on balanced batches (N classes x M videos); "
                 "ranking_losses=False trains on cross-entropy only."))
+
+
+# ---- the paper's ablation tables and the recipes (fusionkit.methods.tables, .training_recipes) -----
+def _register_tables_and_recipes() -> None:
+    from fusionkit.methods.tables import AblationTable, Claim, Column, register_table, rows
+    from fusionkit.methods.training_recipes import TEACHING_DATA, Recipe, register_recipe, teaching_config
+
+    columns = tuple(Column(name, role, dataset) for dataset in ("UCF101", "HMDB51")
+                    for name, role in (("RGB", "rgb"), ("Flow", "flow"), ("RGB+Flow", "fused")))
+    no_i3d = dict(buildable=False, reason="I3D (the inflated Inception-V1) is not among fusionkit's backbones "
+                                          "(r3d_18 and r2plus1d_18 are other 3D networks)")
+    plain = {"shared_embedding": False, "ranking_losses": False}  # no shared FC layer, cross-entropy only
+    register_table(AblationTable(
+        "zhang2019", 3, "Ablation studies: results with different components on UCF-101 and HMDB51 (split 1). CB: only "
+                        "the connection block; CS: no connection block, only cross-stream training in the shared "
+                        "block; All: both", columns,
+        rows(columns,
+             ("TSN / Baseline", "ccs", {"fusion": None, **plain}, (85.7, 87.9, 93.5, None, None, 68.5),
+              dict(note="the two streams with their own classifiers, no connection block, no shared FC layer, "
+                        "cross-entropy only (TSN)")),
+             ("TSN / CB", "ccs", dict(plain), (86.3, 87.2, 93.9, 60.5, 62.1, 76.3),
+              dict(note="the connection block, no shared FC layer, cross-entropy only")),
+             ("TSN / CS", "ccs", {"fusion": None}, (84.9, 85.1, 91.7, 54.4, 61.6, 67.3),
+              dict(note="the shared block with the ranking losses (Eq. 6), no connection block")),
+             ("TSN / All", "ccs", {}, (87.2, 87.4, 95.3, 61.7, 65.1, 77.2)),
+             ("I3D / Baseline", None, {"fusion": None, **plain}, (84.5, 90.6, 93.4, 49.8, 61.9, 66.4), no_i3d),
+             ("I3D / CB", None, dict(plain), (86.1, 86.9, 92.7, 53.0, 56.2, 67.6), no_i3d),
+             ("I3D / CS", None, {"fusion": None}, (82.4, 83.1, 91.8, 50.9, 52.3, 64.7), no_i3d),
+             ("I3D / All", None, {}, (86.7, 87.1, 93.8, 60.1, 62.3, 68.2), no_i3d)),
+        claims=(
+            Claim("The connection block raises the RGB+Flow accuracy over the baseline (TSN: +0.4 UCF101, +7.8 HMDB51)",
+                  (("TSN / CB", ">", "TSN / Baseline"),
+                   (("TSN / CB", "HMDB51 RGB+Flow"), ">", ("TSN / Baseline", "HMDB51 RGB+Flow"))),
+                  "UCF101 RGB+Flow", source="§4.3"),
+            Claim("Cross-stream training without the connection block is worse than the baseline",
+                  (("TSN / CS", "<", "TSN / Baseline"),
+                   (("TSN / CS", "HMDB51 RGB+Flow"), "<", ("TSN / Baseline", "HMDB51 RGB+Flow"))),
+                  "UCF101 RGB+Flow", source="§4.3 ('The performance even becomes worse compared with TSN')"),
+            Claim("With the connection block, cross-stream training gives the best results (TSN)",
+                  tuple(("TSN / All", ">", other) for other in ("TSN / Baseline", "TSN / CB", "TSN / CS"))
+                  + tuple((("TSN / All", "HMDB51 RGB+Flow"), ">", (other, "HMDB51 RGB+Flow"))
+                          for other in ("TSN / Baseline", "TSN / CB", "TSN / CS")),
+                  "UCF101 RGB+Flow", source="§4.3"),
+            Claim("All is best on I3D too", tuple(("I3D / All", ">", other) for other in
+                                                  ("I3D / Baseline", "I3D / CB", "I3D / CS")),
+                  "UCF101 RGB+Flow", source="Table 3"),
+        ),
+        recipe_method="ccs",
+        note="'We keep all the training conditions the same' (§4.3): every row trains with the recipe's balanced "
+             "batches; the ranking losses only where the row has them. The backbone is the run's (tiny on the "
+             "puzzles; the paper's TSN rows use BN-Inception)."))
+
+    columns4 = (Column("Accuracy", "fused", "UCF101"),)
+    margins = ((0.2, 0.3, 0.8, 96.3), (0.3, 0.3, 0.8, 97.4), (0.3, 0.5, 1.0, 97.1), (0.5, 0.5, 1.0, 95.4),
+               (0.8, 0.5, 1.2, 95.5))
+    names = [f"alpha1={a1} alpha2={a2} alpha3={a3}" for a1, a2, a3, _ in margins]
+    register_table(AblationTable(
+        "zhang2019", 4, "The performance of CCS with different model parameter values on UCF-101", columns4,
+        rows(columns4, *((name, "ccs", {}, (acc,), dict(train={"extra": {"alpha1": a1, "alpha2": a2, "alpha3": a3}}))
+                         for name, (a1, a2, a3, acc) in zip(names, margins))),
+        claims=(Claim("alpha1 = alpha2 = 0.3, alpha3 = 0.8 (the paper's choice) gives the best accuracy",
+                      tuple((names[1], ">", other) for other in names if other != names[1]), "UCF101 Accuracy",
+                      source="§4.3"),),
+        recipe_method="ccs",
+        note="The margins of Eq. 4-5 (TrainConfig.extra); the paper's 97.4 is CCS + TSN pretrained on ImageNet + "
+             "Kinetics (Table 1)."))
+
+    register_recipe(Recipe(
+        "ccs", "teaching", teaching_config(20, batch_size=16, classes_per_batch=4, videos_per_class=4),
+        model={"dropout": 0.3, "embedding_dim": 64}, data=dict(TEACHING_DATA), source="notebooks/05_ccs.ipynb",
+        notes={"batches": "4 classes x 4 videos (the puzzles have 4 classes)",
+               "embedding_dim": "64: the tiny towers' last stage has 96 channels"}))
+    register_recipe(Recipe(
+        "ccs", "paper",
+        TrainConfig(epochs=400, batch_size=32, optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                    lr_schedule="step", lr_step=50, classes_per_batch=8, videos_per_class=4,
+                    extra={"lambda1": 0.5, "lambda2": 0.5, "alpha1": 0.3, "alpha2": 0.3, "alpha3": 0.8}),
+        model={"dropout": 0.8, "embedding_dim": 128},
+        data={"segments": 3, "test_segments": 25, "new_length": 5, "input_size": 224,
+              "sampling": "three segments, a snippet of 10 frames from each in training (§4.2): read as TSN's 5 x- "
+                          "and 5 y-flow images (new_length=5)",
+              "test_protocol": "25 frames per video (§4.2), 'fully network testing' in a single pass"},
+        source="Zhang et al. 2019 §4.1-4.2",
+        notes={"optimizer": "mini-batch SGD, momentum 0.9, weight decay 5e-4 (§4.1)",
+               "lr": "1e-3, 'reduce by a factor 10 after 50 epochs' (§4.1): a step every 50 epochs",
+               "epochs": "'the maximum epochs are 400' (§4.1)",
+               "losses": "lambda1 = lambda2 = 0.5, alpha1 = alpha2 = 0.3, alpha3 = 0.8 (§4.1)",
+               "batches": "N classes x M videos, 2 x N x M images (§4.1); N and M not stated: chose 8 x 4",
+               "dropout": "not stated: chose TSN's 0.8",
+               "embedding_dim": "D not stated: chose 128",
+               "backbone": "TSN's BN-Inception (Table 3) is not in fusionkit: use e.g. resnet50 --pretrained; the "
+                           "streams are trained jointly from ImageNet, not first separately (§4.3)"}))
+
+
+_register_tables_and_recipes()

@@ -446,3 +446,164 @@ register_method(Method(
     name="nonlocal", build=nonlocal_network, schedule="separate",
     description="Non-local blocks (Wang et al. 2018) at CMA's positions in each tower, the towers trained "
                 "separately: CMA's same-modality special case (Chi et al. Table 4)."))
+
+
+# ---- the paper's tables and the recipes (fusionkit.methods.tables, .training_recipes) ---------------
+def _count_relative(row, model) -> float:
+    """Chi et al. Table 2's parameter counts, relative to one ResNet-50 (here: one tower and its
+    classifier of the backbone run): what the row's prediction depends on."""
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    one = count(model.rgb_tower) + count(model.rgb_head)
+    if row.method == "cma":
+        return rgb_prediction_parameters(model) / one
+    return (one if row.role == "rgb" else count(model)) / one
+
+
+def _register_tables_and_recipes() -> None:
+    from fusionkit.methods.tables import AblationTable, Claim, Column, register_table, rows
+    from fusionkit.methods.training_recipes import TEACHING_DATA, Recipe, register_recipe, teaching_config
+    from fusionkit.training.trainer import TrainConfig
+
+    kinetics = "Kinetics"
+    columns1 = tuple(Column(f"{name} {metric}", role, kinetics, metric.replace("-", ""))
+                     for name, role in (("RGB", "rgb"), ("Flow", "flow"), ("two-stream", "fused"))
+                     for metric in ("top-1", "top-5"))
+    three = {"iterations": 3}  # rows 1-3 are the iterations of one run, read at the end of each
+    register_table(AblationTable(
+        "chi2019", 1, "Accuracies at each iteration on the Kinetics dataset", columns1,
+        rows(columns1,
+             ("0", "late", {}, (67.73, 87.94, 55.73, 79.04, 71.21, 89.92),
+              dict(note="iter_0: the two branches trained independently (the two-stream baseline)")),
+             ("1", "cma", {}, (72.17, 90.70, 55.73, 79.04, 72.62, 91.04), dict(train=three, at_iteration=1)),
+             ("2", "cma", {}, (68.45, 88.54, 71.17, 90.12, 71.55, 90.24), dict(train=three, at_iteration=2)),
+             ("3", "cma", {}, (72.19, 90.63, 69.81, 89.41, 72.55, 90.82), dict(train=three, at_iteration=3))),
+        claims=(
+            Claim("After iter_1 the RGB branch exceeds two-stream", ((("1", "Kinetics RGB top-1"), ">",
+                                                                        ("0", "Kinetics two-stream top-1")),),
+                  "Kinetics RGB top-1", source="§5.3"),
+            Claim("After iter_1 the Flow branch keeps the baseline's accuracy (its CMA blocks are still the identity)",
+                  (("1", "~", "0"),), "Kinetics Flow top-1", source="§5.3"),
+            Claim("Training the Flow branch in iter_2 improves it, and the RGB branch drops",
+                  (("2", ">", "1"), (("2", "Kinetics RGB top-1"), "<", ("1", "Kinetics RGB top-1"))),
+                  "Kinetics Flow top-1", source="§5.3"),
+            Claim("The fusion score is not improved after iter_1 ('the first iteration is almost sufficient')",
+                  (("1", ">=", "2"), ("1", ">=", "3")), "Kinetics two-stream top-1", source="§5.3"),
+        ),
+        recipe_method="cma",
+        note="The -S output of an iteration weights the branches 5:1 towards the branch just trained (§5.2); top-5 "
+             "is not measured on the 4-class puzzles."))
+
+    columns2 = (Column("top-1", None, kinetics), Column("top-5", None, kinetics, "top5"))
+    register_table(AblationTable(
+        "chi2019", 2, "CMA model vs two-stream in terms of parameter number and accuracy (parameters relative to the "
+                      "ResNet50 baseline)", columns2,
+        rows(columns2,
+             ("ResNet50-R", "late", {}, (67.73, 87.94), dict(role="rgb", parameters=1.0)),
+             ("two-stream", "late", {}, (71.21, 89.92), dict(role="fused", parameters=2.0)),
+             ("CMA_iter1-R", "cma", {}, (72.17, 90.70),
+              dict(role="rgb", parameters=1.8,
+                   note="what the -R prediction depends on (rgb_prediction_parameters): 1.87x for ResNet-50 with "
+                        "400 classes, the paper's 1.8x"))),
+        claims=(Claim("CMA_iter1-R is more accurate than two-stream, with fewer parameters",
+                      (("CMA_iter1-R", ">", "two-stream"),), "Kinetics top-1", source="§5.4"),),
+        recipe_method="cma", parameter_unit="x one tower", count_parameters=_count_relative))
+
+    columns4 = (Column("top-1", None, kinetics), Column("top-5", None, kinetics, "top5"))
+    nl_rgb = {"fusion": ("nonlocal", "cma"), "fusion_options": ({"directions": "rgb"}, {})}
+    both = {"directions": "both", "rgb_weight": 0.5}
+    register_table(AblationTable(
+        "chi2019", 4, "Comparisons with non-local networks on Kinetics (model / non-local / modality)", columns4,
+        rows(columns4,
+             ("ResNet50 / - / RGB", "late", {}, (67.73, 87.94), dict(role="rgb")),
+             ("ResNet50 / - / Flow", "late", {}, (55.73, 79.04), dict(role="flow")),
+             ("ResNet50 / - / RGB + Flow", "late", {}, (71.21, 89.92), dict(role="fused")),
+             ("ResNet50 / Yes / RGB", "nonlocal", both, (68.74, 88.43),
+              dict(role="rgb", note="five non-local blocks at CMA's positions in each tower, the towers trained "
+                                    "separately, fused with equal weights")),
+             ("ResNet50 / Yes / Flow", "nonlocal", both, (56.66, 80.11), dict(role="flow")),
+             ("ResNet50 / Yes / RGB + Flow", "nonlocal", both, (71.67, 89.87), dict(role="fused")),
+             ("CMA_iter1-R / - / RGB + Flow", "cma", {}, (72.17, 90.70), dict(role="rgb")),
+             ("CMA_iter1-S / - / RGB + Flow", "cma", {}, (72.62, 91.04), dict(role="fused")),
+             ("CMA_iter1-R / Yes / RGB + Flow", "cma", nl_rgb, (72.27, 90.76),
+              dict(role="rgb", note="a CMA block just behind each non-local block; non-local blocks in the RGB branch "
+                                    "only, so the Flow branch is the plain ResNet50's (§5.5)")),
+             ("CMA_iter1-S / Yes / RGB + Flow", "cma", nl_rgb, (72.60, 91.01), dict(role="fused"))),
+        claims=(
+            Claim("Non-local blocks improve top-1 by about 1% in both modalities",
+                  (("ResNet50 / Yes / RGB", ">", "ResNet50 / - / RGB"), ("ResNet50 / Yes / Flow", ">", "ResNet50 / - / Flow")),
+                  "Kinetics top-1", source="§5.5"),
+            Claim("Even CMA's RGB branch alone beats the fusion of ResNet50 with non-local blocks",
+                  (("CMA_iter1-R / - / RGB + Flow", ">", "ResNet50 / Yes / RGB + Flow"),), "Kinetics top-1",
+                  source="§5.5"),
+            Claim("CMA beats two-stream", (("CMA_iter1-S / - / RGB + Flow", ">", "ResNet50 / - / RGB + Flow"),),
+                  "Kinetics top-1", source="Table 4"),
+            Claim("Non-local blocks seem unnecessary with CMA blocks (within 0.5 points)",
+                  (("CMA_iter1-R / Yes / RGB + Flow", "~", "CMA_iter1-R / - / RGB + Flow"),
+                   ("CMA_iter1-S / Yes / RGB + Flow", "~", "CMA_iter1-S / - / RGB + Flow")),
+                  "Kinetics top-1", tolerance=0.5, source="§5.5"),
+        ),
+        recipe_method="cma",
+        note="Rows sharing a model (the -R and -S rows of one CMA network; the three modalities of one two-stream "
+             "network) are read from one run."))
+
+    columns5 = (Column("RGB", "rgb", kinetics), Column("Flow", "flow", kinetics), Column("two-stream", "fused", kinetics))
+    no_p3d = dict(buildable=False, reason="P3D ResNet-152 is not among fusionkit's backbones; the 3D-CMA structure "
+                                          "(one CMA block after the last res4 block, training it and what follows) "
+                                          "is cma(positions=['stage3']) with finetune='above_fusion' on a 3D backbone "
+                                          "(r2plus1d_18), the clip's frames as segments")
+    register_table(AblationTable(
+        "chi2019", 5, "Performance of P3D and 3D-CMA models on Kinetics when varying the count of input frames "
+                      "(ResNet-152, 3D CMA blocks)", columns5,
+        rows(columns5,
+             ("P3D / 12 frames", None, {}, (70.98, 63.80, 73.91), no_p3d),
+             ("P3D / 16 frames", None, {}, (71.50, 66.20, 74.62), no_p3d),
+             ("CMA_iter1 / 12 frames", None, {"positions": ["stage3"]}, (74.41, 63.80, 75.22), no_p3d),
+             ("CMA_iter1 / 16 frames", None, {"positions": ["stage3"]}, (74.86, 66.20, 75.98), no_p3d)),
+        claims=(Claim("The 3D CMA block improves P3D's two-stream fusion",
+                      (("CMA_iter1 / 12 frames", ">", "P3D / 12 frames"), ("CMA_iter1 / 16 frames", ">", "P3D / 16 frames")),
+                      "Kinetics two-stream", source="§5.6"),),
+        recipe_method="cma"))
+
+    streams = teaching_config(20)
+    teaching_notes = {"epochs": "20 for the separately trained streams, 20 per CMA iteration (the paper: 30)",
+                      "position_frequencies": "0, as published: notebook 06's positional terms are an option of "
+                                              "ours (fusion_options={'position_frequencies': 3}), not the paper's"}
+    register_recipe(Recipe(
+        "cma", "teaching", teaching_config(20, iterations=1), pretrain=streams, finetune="all", model={"dropout": 0.3},
+        data=dict(TEACHING_DATA), source="notebooks/06_cma.ipynb", notes=teaching_notes))
+    register_recipe(Recipe(
+        "nonlocal", "teaching", streams, model={"dropout": 0.3}, data=dict(TEACHING_DATA),
+        source="notebooks/06_cma.ipynb", notes={"epochs": "20, as the streams CMA starts from"}))
+    sgd = dict(batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, lr_schedule="plateau",
+               lr_patience=3, sync_batchnorm=True)
+    data = {"segments": 3, "test_segments": 25, "new_length": 5, "input_size": 224, "ten_crop": True,
+            "sampling": "3 segments (§4.4); the RGB frame is the first of its stack of 5 flow fields, spatially "
+                        "aligned; random flips, crops and scale jittering",
+            "test_protocol": "25 equally spaced segments, ten crops (4 corners and the centre, flipped), the frame-level "
+                             "scores fused by weighted sum (5:1 towards the branch trained last, §5.2), then averaged"}
+    paper_notes = {"optimizer": "mini-batch SGD, batch 128 (§4.4); momentum not stated: chose 0.9",
+                   "lr": "0.01, divided by 10 'when the accuracy is stuck in some plateau', reset at the start of each "
+                         "iteration (§4.4): plateau, patience not stated, chose 3 epochs",
+                   "epochs": "30 per iteration (§4.3); one iteration ('the first iteration is almost sufficient', §5.3)",
+                   "frozen": "the flow branch trained first on its own; then in iter_1, 3, ... the RGB branch with the "
+                             "whole flow branch (its CMA blocks too) frozen, in iter_2, 4, ... the reverse (§4.3)",
+                   "batchnorm": "BN enabled, synchronized across GPUs (§4.4): sync_batchnorm under torchrun",
+                   "dropout": "0.7, weight decay 5e-4 (§4.4)",
+                   "backbone": "ResNet-50 from ImageNet: --backbone resnet50 --pretrained",
+                   "streams": "how the flow branch is first trained on Kinetics is not stated: chose the same SGD "
+                              "settings, 30 epochs"}
+    register_recipe(Recipe(
+        "cma", "paper", TrainConfig(epochs=30, iterations=1, **sgd), pretrain=TrainConfig(epochs=30, **sgd),
+        finetune="all", model={"dropout": 0.7}, data=data, source="Chi et al. 2019 §4.3-4.4, §5.2", notes=paper_notes))
+    register_recipe(Recipe(
+        "nonlocal", "paper", TrainConfig(epochs=30, **sgd), model={"dropout": 0.7, "rgb_weight": 0.5},
+        data={**data, "test_protocol": "as CMA's, the two streams fused with equal weights (§5.2)"},
+        source="Chi et al. 2019 §5.5 (the settings of §4.4)",
+        notes={**{k: v for k, v in paper_notes.items() if k not in ("frozen", "epochs", "streams")},
+               "epochs": "not stated for the non-local baseline: chose CMA's 30",
+               "blocks": "five non-local blocks in res_3 and res_4 at CMA's positions, following Wang et al. (§5.5)"}))
+
+
+_register_tables_and_recipes()

@@ -156,7 +156,8 @@ def initialise_from(model: nn.Module, source: nn.Module, prefixes: tuple[str, ..
 def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamDataset | None, num_classes: int,
                backbone: str = "tiny", config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
                resume: bool = False, init_from: nn.Module | None = None, pretrain_config: TrainConfig | None = None,
-               finetune: str | None = None, val_set: TwoStreamDataset | None = None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
+               finetune: str | None = None, val_set: TwoStreamDataset | None = None,
+               recipe=None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
     """Build ``method``'s model, train it with its schedule, evaluate on ``test_set``.
 
     A method with ``pretrain`` starts from that method's trained weights: ``init_from`` (a trained
@@ -169,6 +170,11 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     only rank 0 evaluates and writes (the other ranks get ``metrics=None``).
     """
     m = get_method(method)
+    if recipe is not None:  # "teaching" / "paper" (or a Recipe): fills what this call leaves unset
+        from fusionkit.methods.training_recipes import apply_recipe
+
+        config, pretrain_config, finetune, model_kwargs = apply_recipe(
+            method, recipe, len(train_set), config, pretrain_config, finetune, model_kwargs)
     model_kwargs, training_options = split_options(method, model_kwargs)
     config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
     if m.configure is not None:

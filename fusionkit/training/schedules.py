@@ -114,6 +114,6 @@ def lr_factor(epoch: int, config: "TrainConfig") -> float:
         return 0.5 * (1 + math.cos(math.pi * e / n))
     if config.lr_schedule == "step":
         return 0.1 ** (e // (config.lr_step or max(n // 3, 1)))
-    if config.lr_schedule == "constant":
+    if config.lr_schedule in ("constant", "plateau"):  # "plateau": the Trainer divides by 10 at each plateau
         return 1.0
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'step' or 'constant'")
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'step', 'constant' or 'plateau'")

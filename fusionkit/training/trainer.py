@@ -46,8 +46,9 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"  # "cosine", "step" or "constant"
+    lr_schedule: str = "cosine"  # "cosine", "step", "constant" or "plateau" (x0.1 when the accuracy stops improving)
     lr_step: int = 0  # epochs between x0.1 drops for "step" (0: a third of the run)
+    lr_patience: int = 3  # "plateau": epochs without improvement tolerated before the LR drops x0.1
     warmup_epochs: int = 0
     schedule: str = "separate"
     iterations: int = 1  # "alternate": branch-by-branch iterations of `epochs` epochs each
@@ -180,12 +181,13 @@ class Trainer:
                          f"frozen, {self.config.epochs} epoch{'s' if self.config.epochs != 1 else ''}")
         self.train_model = self._data_parallel()
         self.optimizer = make_optimizer(self.model.parameters(), self.config)
+        self.plateau = {"best": None, "bad": 0, "drops": 0}  # "plateau" LR: each phase starts at the initial LR
         self.phase = phase
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "phase": self.phase, "history": self.history, "config": asdict(self.config)}
+                "phase": self.phase, "history": self.history, "config": asdict(self.config), "plateau": self.plateau}
 
     def save_checkpoint(self) -> None:
         if self.out_dir is None or not distributed.is_main_process():
@@ -203,6 +205,7 @@ class Trainer:
         self.enter_phase(phase)
         if state.get("phase", 0) == phase:  # otherwise the next epoch starts a new phase: fresh optimizer
             self.optimizer.load_state_dict(state["optimizer"])
+            self.plateau = dict(state.get("plateau") or self.plateau)
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
@@ -218,6 +221,7 @@ class Trainer:
                 metrics = evaluate(self.model, self.val_set, batch_size=self.config.batch_size, device=self.device,
                                    num_workers=self.config.num_workers)
                 record["val"] = {name: round(m["top1"], 4) for name, m in metrics.items()}
+            self._step_plateau(record)
             self.history.append(record)
             self._report_epoch(record)
             self.epoch += 1
@@ -242,12 +246,35 @@ class Trainer:
                      + (f" ({losses})" if losses else "") + f"  train top-1: {accuracy}"
                      + (f"  val top-1: {val}" if val else ""), extra={"record": record})
 
+    def _step_plateau(self, record: dict) -> None:
+        """``lr_schedule="plateau"``: after ``lr_patience`` epochs without improvement, the next one
+        without divides the LR by 10 (as PyTorch's ReduceLROnPlateau). Improvement of the fused
+        output's validation top-1 when there is a validation set (one process), else of the training
+        loss (under torchrun: the loss summed over all processes, so every process decides alike)."""
+        if self.config.lr_schedule != "plateau":
+            return
+        val = record.get("val")
+        if val and not self.distributed:
+            roles = self.model.output_roles() if hasattr(self.model, "output_roles") else {}
+            score = val.get(roles.get("fused"), max(val.values()))
+        else:
+            score = -record["loss"]
+        p = self.plateau
+        if p["best"] is None or score > p["best"] + 1e-9:
+            p.update(best=score, bad=0)
+        else:
+            p["bad"] += 1
+            if p["bad"] > self.config.lr_patience:
+                p.update(drops=p["drops"] + 1, bad=0)
+                record["lr_drop"] = p["drops"]
+
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the data at epoch ``epoch`` (0-based, counted over all phases)."""
         cfg = self.config
         seed, rank = cfg.seed * 100_003 + epoch, distributed.get_rank() if self.distributed else 0
         seed_everything(seed + 1_000_003 * rank)  # each process draws its own snippets and crops
         lr = cfg.lr * lr_factor(epoch % cfg.epochs, cfg)  # the LR schedule restarts with each phase
+        lr *= 0.1 ** self.plateau["drops"]  # "plateau": the drops so far in this phase
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.sampler is not None:  # N classes x M videos a batch

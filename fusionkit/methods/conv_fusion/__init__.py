@@ -18,6 +18,8 @@ average (the paper's "+"); with the motion tower truncated (``keep_flow_tower=Fa
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from fusionkit.fusion import build_fusion
 from fusionkit.methods.conv_fusion import spatial_blocks, temporal_blocks  # noqa: F401  (register the blocks)
 from fusionkit.methods.recipe import Method, register_method
@@ -26,17 +28,31 @@ from fusionkit.models.two_stream import TwoStreamNet, channels_at, probe_backbon
 
 
 def spatial(num_classes: int, fusion: str = "conv", position: PositionLike | None = None,
-            keep_flow_tower: bool = False, fusion_options: dict | None = None, **network) -> TwoStreamNet:
+            keep_flow_tower: bool = False, fusion_options: dict | None = None,
+            positions: Sequence[PositionLike] | None = None, **network) -> TwoStreamNet:
     """Spatial fusion (§3.1-3.2): the motion stream fused into the appearance tower by a registered
     block (``sum``, ``max``, ``concat``, ``conv``, ``bilinear``, or a student's) at ``position``
     (default: the end of the last stage, the paper's ReLU5). The motion tower is truncated there
     unless ``keep_flow_tower`` (Table 4's "+"). Fusing at the last stage, give the classifier a
-    per-location layer (``head_hidden``, the fc6 analogue) or the fusion stays linear up to pooling."""
+    per-location layer (``head_hidden``, the fc6 analogue) or the fusion stays linear up to pooling.
+
+    ``positions``: fuse at several points instead, one block each (Table 2's multi-layer rows, Fig. 2
+    right); the motion tower runs on past each of them, so it needs ``keep_flow_tower=True``."""
     probe = probe_backbone(**network)
-    position = position or probe.stage_names[-1]
-    c = channels_at(probe, position)
-    block = build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_options or {}))
-    return TwoStreamNet(num_classes, fusion_blocks={position: block}, keep_flow_tower=keep_flow_tower,
+    if positions is not None and position is not None:
+        raise ValueError("spatial: give position (one fusion point) or positions (several), not both")
+    points = list(positions) if positions is not None else [position or probe.stage_names[-1]]
+    if not points:
+        raise ValueError("spatial: positions is empty; give at least one fusion point")
+    if len(points) > 1 and not keep_flow_tower:
+        raise ValueError(f"spatial: fusing at {len(points)} positions {[str(p) for p in points]} needs the motion tower "
+                         f"after the first of them: pass keep_flow_tower=True (Fig. 2 right)")
+
+    def block(point: PositionLike):
+        c = channels_at(probe, point)
+        return build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_options or {}))
+
+    return TwoStreamNet(num_classes, fusion_blocks={p: block(p) for p in points}, keep_flow_tower=keep_flow_tower,
                         method="spatial", **network)
 
 
@@ -67,3 +83,5 @@ register_method(Method(
     description="Feichtenhofer et al. 2016's spatiotemporal architecture (Sec. 3.3-3.4): 3D conv fusion into the "
                 "appearance tower at the last conv stage, 3D pooling in both towers, both losses, predictions "
                 "averaged at test; fusion=pool2d|pool3d for Table 4's pooling rows."))
+
+from fusionkit.methods.conv_fusion import recipes, tables  # noqa: E402,F401  (register the recipes and ablation tables)
