@@ -85,7 +85,7 @@ import torch
 from fusionkit.data.atomic import atomic_write_text
 from fusionkit.fusion import conv1x1
 from fusionkit.methods.cma import CrossModalityAttention, _pool_space
-from fusionkit.lab.machine import machine_description
+from fusionkit.lab.machine import finish_conditions, machine_description, measurement_conditions
 
 RESULTS = Path(__file__).parent / "results" / "cma_attention.json"
 IMPLEMENTATIONS = ("sdpa", "naive")
@@ -361,6 +361,7 @@ def main(argv=None) -> None:
     modes = MODES if args.backward else MODES[:1]
     elem = torch.empty((), dtype=dtype).element_size()
 
+    conditions = measurement_conditions("cma_attention", processes=1, threads_per_process=torch.get_num_threads())
     results = {"description": __doc__.splitlines()[0], "machine": machine_description(device),
                "settings": {"device": str(device), "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
                             "quick": args.quick, "modes": list(modes), "statistic": "median wall time",
@@ -399,6 +400,8 @@ def main(argv=None) -> None:
             f"CPU: peak RSS above the baseline in a fresh subprocess per (config, implementation, mode), "
             f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}; "
             + "; ".join(sorted({m["method"] for c in results["configs"].values() for m in c["peak_memory"].values()})))
+    # the memory workers run one at a time after the timings: one process measures at any moment
+    results["conditions"] = finish_conditions(conditions)
     atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
 
     short = {"sdpa": "SDPA", "naive": "naive"}
@@ -417,6 +420,8 @@ def main(argv=None) -> None:
         print(f"{'':8s} SDPA backend: {row['sdpa_backend']}")
     print(f"\n{results['machine']['cpu_model']}, {results['machine']['cpu_count']} cores, torch "
           f"{torch.__version__} ({results['machine']['torch_threads']} threads), device {device}, {args.dtype}")
+    if results["conditions"]["busy"]:
+        print("the machine was busy with other jobs during the run (see the warning and 'conditions' in the JSON)")
     print(f"wrote {args.output}")
 
 

@@ -5,13 +5,16 @@ reported) and on real footage at 320x240 (Debian's opencv-doc vtest.avi,
 re-encoded to 320x240; no ground truth there, so speed only). Ratios are against PyAV / OpenCV's
 Farneback in the same run. Results go to ``benchmarks/results/data_pipeline.json``.
 
-    python benchmarks/data_pipeline.py [--repeats 3] [--real-video PATH]
+    python benchmarks/data_pipeline.py [--repeats 3] [--real-video PATH] [--output PATH]
+
+One process; OpenCV with one thread, torch (``tvl1-torch``) with its default threads. The machine,
+the load before and after and the threads are recorded (``machine``, ``conditions``), with a
+warning when other jobs keep the machine busy (:func:`fusionkit.lab.machine.check_load`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.flow import FLOW_BACKENDS, compute_flow, dequantize_flow, endpoint_error, quantize_flow
 from fusionkit.data.puzzles import get_puzzle
 from fusionkit.data.video import decord_available, read_video, write_video
+from fusionkit.lab.machine import finish_conditions, machine_description, measurement_conditions
 
 REAL_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 RESULTS = Path(__file__).parent / "results" / "data_pipeline.json"
@@ -76,20 +81,26 @@ def bench_flow(frames: np.ndarray, truth: np.ndarray | None, repeats: int) -> di
     return out
 
 
-def main() -> None:
+def main(argv=None) -> dict:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--real-video", type=Path, default=REAL_VIDEO)
-    args = parser.parse_args()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 240], help="puzzle frame sizes (square)")
+    parser.add_argument("--frames", type=int, default=64, help="frames per video")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     cv2.setNumThreads(1)  # per-process numbers; extract-flow parallelises over processes
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "python": platform.python_version(), "opencv": cv2.__version__}, "cases": {}}
+    conditions = measurement_conditions("data_pipeline", processes=1, threads_per_process=torch.get_num_threads())
+    conditions["opencv_threads"] = 1
+    results = {"machine": dict(machine_description(torch.device("cpu")), opencv=cv2.__version__), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         cases = {}
-        for size in (64, 240):  # puzzles are square; 240 matches the real video's height
-            cases[f"puzzle_{size}x{size}"] = puzzle_video(size, 64)
+        for size in args.sizes:  # puzzles are square; 240 matches the real video's height
+            cases[f"puzzle_{size}x{size}"] = puzzle_video(size, args.frames)
         if args.real_video.is_file():
-            real = read_video(args.real_video, indices=range(64))
+            real = read_video(args.real_video, indices=range(args.frames))
             cases["real_320x240"] = (np.stack([cv2.resize(f, (320, 240), interpolation=cv2.INTER_AREA) for f in real]), None)
         else:
             print(f"(no real video at {args.real_video}: apt-get install opencv-doc, or pass --real-video)")
@@ -99,8 +110,8 @@ def main() -> None:
             decoded = read_video(path)
             results["cases"][name] = {"decode": bench_decode(path, args.repeats),
                                       "flow": bench_flow(decoded, truth, args.repeats)}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    results["conditions"] = finish_conditions(conditions)
+    atomic_write_text(args.output, json.dumps(results, indent=2))
     for name, case in results["cases"].items():
         d = case["decode"]
         print(f"\n{name}: decode {d.get('decord_fps', float('nan')):8.0f} frames/s decord, "
@@ -112,7 +123,10 @@ def main() -> None:
             epe = (f"  EPE {row['epe']:.3f} px (moving pixels {row['epe_moving']:.3f}, stored 8-bit "
                    f"{row['epe_after_quantisation']:.3f})") if "epe" in row else ""
             print(f"  flow {backend:10s} {row['pairs_per_s']:8.1f} pairs/s ({row['speed_vs_farneback']:.2f}x farneback){epe}")
-    print(f"\nwrote {RESULTS}")
+    if results["conditions"]["busy"]:
+        print("the machine was busy with other jobs during the run (see the warning and 'conditions' in the JSON)")
+    print(f"\nwrote {args.output}")
+    return results
 
 
 if __name__ == "__main__":

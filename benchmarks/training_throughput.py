@@ -38,7 +38,7 @@ from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import build_dataset
 from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
 from fusionkit.methods import build_model, get_method
-from fusionkit.lab.machine import machine_description
+from fusionkit.lab.machine import finish_conditions, machine_description, measurement_conditions
 from fusionkit.training.schedules import SCHEDULES, make_optimizer
 from fusionkit.training.trainer import TrainConfig
 from fusionkit.training.runtime import autocast, to_device, make_loader
@@ -246,6 +246,9 @@ def run(args: argparse.Namespace) -> dict:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     max_batches = args.max_batches or (4 if args.quick else None)
     cpu = torch.device("cpu")
+    # one process measures; the loader split also starts DataLoader worker processes (recorded beside)
+    conditions = measurement_conditions("training_throughput", processes=1, threads_per_process=torch.get_num_threads())
+    conditions["loader_workers"] = list(args.workers) if args.split else []
     report = {"description": __doc__.splitlines()[0], "machine": machine_description(device),
               "settings": {"quick": args.quick, "steps": steps, "warmup": warmup, "statistic": "median step time",
                            "optimizer": "sgd (momentum 0.9), the TrainConfig default"},
@@ -279,6 +282,7 @@ def run(args: argparse.Namespace) -> dict:
             "measured": "an epoch after a loading-only epoch (see loader_model_split); wait = time in next(loader), "
                         "model = device copy + forward + backward + step",
             "configs": loader_model_split(make_set, args.workers, args.batch, device, max_batches)}
+    report["conditions"] = finish_conditions(conditions)
     return report
 
 
