@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -304,6 +305,14 @@ def _check_files(out, table, report):
     assert len(data["claims"]) == len(table.claims) and all(c["paper"] is True for c in data["claims"])
     assert data["seconds"] > 0 and data["quick"] is True and "min in all" in md
     assert "## The paper's claims" in md
+    puzzle = data["dataset"].split(":", 1)[1]
+    assert f"On `{puzzle}` the label is" in md  # what the puzzle needs, to read the rows by
+    import fusionkit
+
+    if (Path(fusionkit.__file__).resolve().parents[1] / ".git").exists():  # the commit the numbers came from
+        assert set(data["code"]) == {"commit", "uncommitted"} and len(data["code"]["commit"]) == 40
+    else:
+        assert data["code"] == {}
     return data
 
 

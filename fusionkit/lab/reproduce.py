@@ -36,6 +36,17 @@ __all__ = ["reproduce", "QUICK_DATA", "markdown_report", "format_cell"]
 QUICK_DATA = {"videos_per_class": 4, "frames": 12, "size": 32, "new_length": 3, "segments": 3, "test_segments": 3}
 DATA_KEYS = ("videos_per_class", "frames", "size", "new_length", "segments", "test_segments")
 REAL_DATASETS = ("ucf101", "hmdb51")
+# what each puzzle's label needs (the README's puzzle table): how to read a table's rows on it
+PUZZLE_NEEDS = {
+    "appearance": "the label is the sprite's shape: the RGB stream alone solves it, no fusion needed",
+    "motion": "the label is the direction of motion: the flow stream alone solves it, no fusion needed",
+    "conjunction": "the label is colour x left/right: RGB sees the colour, flow the direction; any fusion, late "
+                   "fusion included, suffices",
+    "registration": "the label is which of two colours moves, and where to: only fusion that keeps the streams "
+                    "registered pixel by pixel solves it; late fusion stays near 50%",
+    "order": "the label is the order of a there-and-back motion: flow sees the axis only, so only fusion across "
+             "the segments (in time) solves it",
+}
 
 
 @dataclass
@@ -323,7 +334,7 @@ def reproduce(paper: str, number: int, dataset: str = "puzzles:registration", re
                      for b, r in late_runs.items()},
         "rows": results, "claims": claims,
         "recipes": {m: r.as_dict() for m, r in recipes_used.items()},
-        "seconds": round(seconds, 1), "started": started, "fusionkit": __version__,
+        "seconds": round(seconds, 1), "started": started, "fusionkit": __version__, "code": code_state(),
         "machine": machine_description(resolve_device(device)), "torch_threads": torch.get_num_threads(),
     }
     if out_dir is not None:
@@ -334,6 +345,22 @@ def reproduce(paper: str, number: int, dataset: str = "puzzles:registration", re
         report["files"] = [str(out / f"{table.key}.json"), str(out / f"{table.key}.md")]
     say(f"[{table.key}] done in {seconds / 60:.1f} min")
     return report
+
+
+def code_state() -> dict:
+    """The git commit the library ran from and the library files changed since (uncommitted), when
+    it runs from a git checkout: which code made a reproduction's numbers."""
+    import subprocess
+
+    package = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=package, capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "uncommitted": sorted(line[3:] for line in changed)}
 
 
 def _jsonable(x):
@@ -371,6 +398,10 @@ def markdown_report(report: dict) -> str:
              f"mean ± std over the seeds. Paper: its dataset per column. "
              f"Wall time **{report['seconds'] / 60:.1f} min** ({report['machine'].get('cpu_count')} CPU cores, "
              f"{report['torch_threads']} torch threads, load at start {report['machine'].get('load_average_at_start')}).", ""]
+    puzzle = report["dataset"].split(":", 1)[1] if report["dataset"].startswith("puzzles:") else None
+    if puzzle in PUZZLE_NEEDS:
+        lines += [f"On `{puzzle}` {PUZZLE_NEEDS[puzzle]}; the paper's orderings were measured on real videos, where "
+                  f"every cue is weaker, so a puzzle shows what a mechanism can do, not the paper's margins.", ""]
     if report.get("epochs_override") is not None:
         lines += [f"Every phase trained {report['epochs_override']} epochs (--epochs), not the recipe's.", ""]
     if report.get("note"):
@@ -378,7 +409,9 @@ def markdown_report(report: dict) -> str:
     header = ["row", "ours: model"]
     for c in columns:
         header += [f"{c['key']} (paper)", f"ours ({c['role'] or 'row'})"]
-    header += [f"params paper ({report['parameter_unit']})", "params ours"]
+    paper_counts = any(r["paper_parameters"] is not None for r in report["rows"])
+    header += ([f"params paper ({report['parameter_unit']})"] if paper_counts else []) + \
+        [f"params ours ({report['parameter_unit']})"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         if row["status"] != "ran":
@@ -391,8 +424,9 @@ def markdown_report(report: dict) -> str:
             paper = row["paper"].get(c["key"])
             cells += ["–" if paper is None else f"{paper:g}", format_cell(row["ours"].get(c["key"]))]
         extra = row.get("extra", {}).get("#parameters")
-        cells += [extra or ("–" if row["paper_parameters"] is None else f"{row['paper_parameters']:g}"),
-                  "–" if row.get("our_parameters") is None else f"{row['our_parameters']:.3g}"]
+        if paper_counts:
+            cells.append(extra or ("–" if row["paper_parameters"] is None else f"{row['paper_parameters']:g}"))
+        cells.append("–" if row.get("our_parameters") is None else f"{row['our_parameters']:.3g}")
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("baseline"):
         lines += [""]
@@ -429,6 +463,11 @@ def markdown_report(report: dict) -> str:
                      + (f", fine-tunes {recipe['finetune']}" if recipe.get("finetune") else "")
                      + (f", model {recipe['model']}" if recipe["model"] else ""))
     trained = [r for r in report["rows"] if r.get("seconds") is not None]
+    code = report.get("code") or {}
+    if code:
+        lines += ["", f"Code: commit `{code['commit'][:10]}`" + (
+            f", with uncommitted changes to {', '.join(f'`{f}`' for f in code['uncommitted'])}"
+            if code["uncommitted"] else "") + "."]
     lines += ["", "## Time", "", f"{report['seconds'] / 60:.1f} min in all, started {report['started']}"
               + "".join(f"; streams ({b}) {v['seconds']:.0f} s" for b, v in report.get("baseline", {}).items())
               + "".join(f"; {r['name']} {r['seconds']:.0f} s" for r in trained) + ".", ""]

@@ -157,7 +157,8 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
                backbone: str = "tiny", config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None,
                resume: bool = False, init_from: nn.Module | None = None, pretrain_config: TrainConfig | None = None,
                finetune: str | None = None, val_set: TwoStreamDataset | None = None,
-               recipe=None, **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
+               recipe=None,  # "teaching" / "paper" / a Recipe: fusionkit.methods.training_recipes.apply_recipe
+               **model_kwargs) -> tuple[nn.Module, list[dict], dict | None]:
     """Build ``method``'s model, train it with its schedule, evaluate on ``test_set``.
 
     A method with ``pretrain`` starts from that method's trained weights: ``init_from`` (a trained
