@@ -4,6 +4,8 @@ A video of N flow fields is split into T equal segments (Wang et al. 2016, TSN S
 segment contributes one *snippet*: RGB frame t and the L flow fields t, ..., t+L-1 starting at it,
 so that the appearance and the motion of a snippet are registered in time. Training draws t at
 random inside each segment; testing takes the segments' centres, evenly spaced.
+``sampling="chunks"`` samples instead as Feichtenhofer et al.'s spatiotemporal network (§3.4-3.5):
+T neighbouring snippets tau frames apart, t, t + tau, ..., t + (T-1) tau (:func:`chunk_starts`).
 
 Each item is a dict: ``rgb [T, 3, H, W]``, ``flow [T, 2L, H, W]`` (float, after the paired
 transform), ``label`` (int) and ``video_id`` (``<Class>/<video>``).
@@ -48,6 +50,48 @@ def segment_starts(num_starts: int, num_segments: int, train: bool, generator: t
         draws = torch.rand(num_segments, generator=generator).numpy()
         return [int(lo + int(d * (hi - lo))) for lo, hi, d in zip(low, high, draws)]
     return [min(int(tick / 2 + tick * k), num_starts - 1) for k in range(num_segments)]
+
+
+SAMPLINGS = ("tsn", "chunks")  # TwoStreamDataset's snippet sampling: segment_starts, chunk_starts
+
+
+def _stride_range(stride: int | Sequence[int]) -> tuple[int, int]:
+    low, high = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if not 1 <= low <= high:
+        raise ValueError(f"stride must be an int >= 1 or a range (low, high) with 1 <= low <= high, got {stride!r}")
+    return int(low), int(high)
+
+
+def chunk_starts(num_starts: int, num_chunks: int, train: bool, stride: int | Sequence[int] = (1, 10),
+                 test_stride: int | None = None, generator: torch.Generator | None = None) -> list[int]:
+    """First frame of each of ``num_chunks`` neighbouring snippets ``tau`` frames apart: ``t, t + tau,
+    ..., t + (T-1) tau`` (Feichtenhofer et al. §3.4: "T temporal chunks that are tau frames apart").
+
+    Training (§3.5, "randomly sampling the starting frame, and then randomly sampling the temporal
+    stride (tau) in [1, 10]"): tau uniform over the integers of ``stride`` (a ``(low, high)`` range,
+    inclusive, or one int), then t uniform over the starts that keep all T chunks in the video.
+    Testing: tau fixed, ``test_stride`` or else the middle of the range rounded down (5 for [1, 10];
+    the paper gives no test stride), the chunks centred in the video. A video too short for tau
+    takes the largest tau that fits (at least 1); one with fewer starts than chunks takes
+    consecutive starts, its last one repeated.
+    """
+    if num_starts < 1:
+        raise ValueError("no valid snippet start: the video has fewer flow fields than the snippet length")
+    low, high = _stride_range(stride)
+    fits = (num_starts - 1) // (num_chunks - 1) if num_chunks > 1 else high  # the largest tau that fits
+    if fits < 1:
+        return [min(k, num_starts - 1) for k in range(num_chunks)]
+    if train:
+        high = min(high, fits)
+        low = min(low, high)
+        tau = low + int(torch.randint(high - low + 1, (1,), generator=generator))
+        first = int(torch.randint(num_starts - (num_chunks - 1) * tau, (1,), generator=generator))
+    else:
+        tau = min(test_stride if test_stride is not None else (low + high) // 2, fits)
+        if tau < 1:
+            raise ValueError(f"test_stride must be >= 1, got {test_stride}")
+        first = (num_starts - 1 - (num_chunks - 1) * tau) // 2
+    return [first + k * tau for k in range(num_chunks)]
 
 
 PROBLEM_TITLES = {
@@ -199,6 +243,11 @@ class TwoStreamDataset(Dataset):
         num_segments: T, snippets per video (TSN uses 3 in training, 25 in testing).
         new_length: L, flow fields per snippet; the flow tower takes 2L channels.
         train: random snippet per segment (True) or evenly spaced centres (False).
+        sampling: ``"tsn"`` (T segments over the whole video, :func:`segment_starts`) or ``"chunks"``
+            (T neighbouring snippets ``stride`` frames apart, Feichtenhofer et al. §3.4-3.5,
+            :func:`chunk_starts`: T = 5, tau random in [1, 10] in training, fixed in testing).
+        stride, test_stride: ``"chunks"`` only: tau's range in training (or one int) and tau in testing
+            (default: the middle of the range).
         transform: a paired transform; default :func:`train_transform` / :func:`eval_transform`
             at the cached frame size (no flips: pass one with ``flip=True`` where labels allow).
         flow_bound: the quantisation bound of an extract-flow cache (a FrameStore has its own).
@@ -221,12 +270,18 @@ class TwoStreamDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[VideoRecord], cache_root: str | os.PathLike | FrameStore,
-                 num_segments: int = 3, new_length: int = 5, train: bool = True,
+                 num_segments: int = 3, new_length: int = 5, train: bool = True, sampling: str = "tsn",
+                 stride: int | Sequence[int] = (1, 10), test_stride: int | None = None,
                  transform: PairedTransform | None = None, flow_bound: float = FLOW_BOUND, in_memory: bool = False,
                  root: str | os.PathLike | None = None, skip_bad: bool = False, check: str = "names",
                  checked: DatasetReport | None = None, warn: bool = True):
         if num_segments < 1 or new_length < 1:
             raise ValueError(f"num_segments and new_length must be >= 1, got {num_segments}, {new_length}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if test_stride is not None and test_stride < 1:
+            raise ValueError(f"test_stride must be >= 1, got {test_stride}")
+        self.sampling, self.stride, self.test_stride = sampling, _stride_range(stride), test_stride
         self.store = cache_root if isinstance(cache_root, FrameStore) else FusionkitCache(cache_root, root, flow_bound)
         self.cache_root = self.store.root
         self.num_segments, self.new_length, self.train = num_segments, new_length, train
@@ -264,6 +319,8 @@ class TwoStreamDataset(Dataset):
 
     def snippet_starts(self, index: int) -> list[int]:
         num_starts = self.meta[index]["flows"] - self.new_length + 1
+        if self.sampling == "chunks":
+            return chunk_starts(num_starts, self.num_segments, self.train, self.stride, self.test_stride)
         return segment_starts(num_starts, self.num_segments, self.train)
 
     def _load(self, index: int, frame_idx, flow_idx) -> tuple[np.ndarray, np.ndarray]:

@@ -400,11 +400,13 @@ def cma(num_classes: int, positions: Sequence[PositionLike] | None = None, fusio
 
 
 def nonlocal_network(num_classes: int, positions: Sequence[PositionLike] | None = None, directions: str = "both",
-                     rgb_weight: float = 5 / 6, **network) -> TwoStreamNet:
+                     rgb_weight: float = 0.5, **network) -> TwoStreamNet:
     """Non-local blocks (Wang et al. 2018) at CMA's positions (:func:`cma_positions`) in each tower
     (``directions="rgb"``: the RGB tower only, as Chi et al. Table 4 do), towers trained separately;
-    outputs ``nonlocal-R``, ``-F``, ``-S``. The 5:1 ``rgb_weight`` is inherited from the ``cma`` network
-    (what the committed results used); §5.2 fuses separately trained streams with equal weights."""
+    outputs ``nonlocal-R``, ``-F``, ``-S``. ``-S`` weights the two towers equally (``rgb_weight=0.5``):
+    §5.2 fuses separately trained two-stream models with equal weights; the 5:1 weighting belongs to
+    the ``cma`` network, whose RGB branch is trained last. (Notebook 06's committed non-local number
+    was made with 5/6 and passes it explicitly.)"""
     return cma(num_classes, positions=positions, fusion="nonlocal", fusion_options={"directions": directions},
                rgb_weight=rgb_weight, method="nonlocal", **network)
 

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +54,7 @@ class Method:
     build: Callable[..., nn.Module]  # (num_classes, **model options) -> the network
     schedule: str  # a fusionkit.training.schedules schedule
     description: str
-    train_defaults: dict = field(default_factory=dict)
+    train_defaults: dict = field(default_factory=dict)  # TrainConfig fields the caller did not set (TrainConfig.explicit)
     pretrain: str | None = None
     initialise: tuple[str, ...] | None = None
     finetune: str = "all"
@@ -83,7 +83,8 @@ def list_methods() -> list[str]:
 
 # What every two-stream network takes besides what its builder sets (TwoStreamNet's parameters)
 NETWORK_OPTIONS = {name: p for name, p in inspect.signature(TwoStreamNet.__init__).parameters.items()
-                   if name in ("backbone", "new_length", "pretrained", "dropout", "head_hidden", "rgb_weight")}
+                   if name in ("backbone", "new_length", "pretrained", "dropout", "head_hidden", "rgb_weight", "head",
+                               "input_size")}
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,12 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         config, pretrain_config, finetune, model_kwargs = apply_recipe(
             method, recipe, len(train_set), config, pretrain_config, finetune, model_kwargs)
     model_kwargs, training_options = split_options(method, model_kwargs)
-    config = replace(config or TrainConfig(**m.train_defaults), schedule=m.schedule)
+    config = (config if config is not None else TrainConfig()).with_defaults({}, schedule=m.schedule)
     if m.configure is not None:
         config = m.configure(config, **training_options)
+    # the method's training defaults fill only the fields the caller did not set (TrainConfig.explicit):
+    # TrainConfig(epochs=5) gets CCS's balanced batches, TrainConfig(classes_per_batch=0) plain ones
+    config = config.with_defaults(m.train_defaults)
     kwargs = {"new_length": train_set.new_length, **model_kwargs}
     if config.schedule == "alternate":  # the trainer weights the scores towards the branch trained last
         kwargs["rgb_weight"] = alternate_final_rgb_weight(config)
@@ -188,7 +192,8 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     pretrain_history = None
     if m.pretrain is not None:
         if init_from is None:
-            shared = {k: v for k, v in kwargs.items() if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained")}
+            shared = {k: v for k, v in kwargs.items()
+                      if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained", "head", "input_size")}
             _log_phase(f"phase 1/2: training the streams ({m.pretrain})")
             init_from, pretrain_history, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
                                                         config=pretrain_config or config, **shared)

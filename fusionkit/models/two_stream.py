@@ -27,8 +27,10 @@ from torch import nn
 from fusionkit.fusion import FusionBlock
 from fusionkit.models.backbones import StagedBackbone, get_backbone
 from fusionkit.models.positions import Position, PositionLike, order_positions
+from fusionkit.models.vggm import VGGMHead
 
 ROLES = ("rgb", "flow", "fused")
+HEADS = ("pool_linear", "vggm_fc")  # TwoStreamNet's classifiers: ClassifierHead, or VGG-M-2048's fc6-fc7-fc8
 
 
 def output_names(method: str, separate_streams: bool, flow_kept: bool = True) -> dict[str, str]:
@@ -131,13 +133,21 @@ class TwoStreamNet(nn.Module):
             both: CCS's shared block, :class:`~fusionkit.methods.ccs.SharedEmbedding`). The classifiers
             then read the embeddings, and ``out.extras["embeddings"]`` holds each video's
             ``{"rgb": z_f, "flow": z_o}`` (the snippets' embeddings averaged, TSN's consensus).
+        head: each tower's classifier. ``"pool_linear"``: :class:`ClassifierHead` (global average
+            pooling, dropout, linear). ``"vggm_fc"``: VGG-M-2048's fully-connected head,
+            :class:`~fusionkit.models.vggm.VGGMHead` (pool5, fc6 4096, fc7 2048 with ReLU and
+            ``dropout`` after each, fc8), as the two-stream networks of Simonyan & Zisserman and
+            Feichtenhofer et al.; it needs the ``vggm2048`` backbone (its pool5 geometry).
+        input_size: the towers' input size (``"vggm_fc"`` only: it fixes pool5's size and so fc6's
+            input, 6 x 6 x 512 at 224 x 224).
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", new_length: int = 5, pretrained: bool = False,
                  fusion_blocks: Mapping[str, FusionBlock] | None = None, temporal_fusion: FusionBlock | None = None,
                  keep_flow_tower: bool = True, rgb_weight: float = 0.5, method: str = "late",
                  dropout: float = 0.5, head_hidden: int | None = None,
-                 embedding: nn.Module | None = None, **backbone_kwargs):
+                 embedding: nn.Module | None = None, head: str = "pool_linear", input_size: int = 224,
+                 **backbone_kwargs):
         super().__init__()
         self.num_classes, self.new_length, self.rgb_weight, self.method = num_classes, new_length, rgb_weight, method
         self.rgb_tower: StagedBackbone = get_backbone(backbone, in_channels=3, pretrained=pretrained, **backbone_kwargs)
@@ -179,9 +189,22 @@ class TwoStreamNet(nn.Module):
             rgb_channels = flow_channels = _probe_output_width(embedding, rgb_channels)
         else:
             flow_channels = self.flow_tower.out_channels
-        self.rgb_head = ClassifierHead(rgb_channels, num_classes, dropout, head_hidden)
-        self.flow_head = ClassifierHead(flow_channels, num_classes, dropout, head_hidden) if keep_flow_tower else None
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "vggm_fc":
+            if backbone != "vggm2048" or head_hidden or embedding is not None:
+                raise ValueError(f"head='vggm_fc' is VGG-M-2048's fc6-fc7-fc8 head on its ReLU5 maps: it needs "
+                                 f"backbone='vggm2048' (got {backbone!r}), no head_hidden and no shared embedding")
+
+            def make_head(channels: int) -> nn.Module:
+                return VGGMHead(channels, num_classes, dropout=dropout, input_size=input_size)
+        else:
+            def make_head(channels: int) -> nn.Module:
+                return ClassifierHead(channels, num_classes, dropout, head_hidden)
+        self.rgb_head = make_head(rgb_channels)
+        self.flow_head = make_head(flow_channels) if keep_flow_tower else None
         self.frozen: list[nn.Module] = []
+        self.frozen_below_fusion: list[nn.Module] = []  # freeze_below_fusion's: they stay frozen in train_branch
 
     @property
     def positions(self) -> list[Position]:
@@ -263,8 +286,9 @@ class TwoStreamNet(nn.Module):
     def freeze_below_fusion(self) -> list[str]:
         """Freeze the tower layers that come before the first fusion point, so training reaches only
         the injected fusion layers and what follows them ("We only propagate back to the injected
-        fusion layer", §3.5). Frozen layers also stay in eval mode (BatchNorm statistics fixed).
-        Returns the names of the frozen stages."""
+        fusion layer", §3.5). Frozen layers also stay in eval mode (BatchNorm statistics fixed), and
+        they stay frozen when :meth:`train_branch` later makes a branch trainable (the ``alternate``
+        schedule). Returns the names of the frozen stages."""
         positions = self.positions
         if self.temporal_fusion is not None:
             positions.append(Position(self.rgb_tower.stage_names[-1]))
@@ -272,14 +296,16 @@ class TwoStreamNet(nn.Module):
             raise ValueError("this model has no fusion point to freeze below")
         first = order_positions(positions, self.rgb_tower.stage_names)[0]
         stage_index = self.rgb_tower.stage_names.index(first.stage)
-        frozen_names = []
+        frozen_names, below = [], []
         for tower in (self.rgb_tower, self.flow_tower):
             for name in tower.stage_names[: stage_index + (0 if first.child is not None else 1)]:
-                self.frozen.append(tower.stages[name])
+                below.append(tower.stages[name])
                 frozen_names.append(name)
             if first.child is not None:
-                self.frozen.extend(list(tower.stages[first.stage].children())[: first.child + 1])
+                below.extend(list(tower.stages[first.stage].children())[: first.child + 1])
                 frozen_names.append(f"{first.stage}.0-{first.child}")
+        self.frozen_below_fusion = below
+        self.frozen.extend(below)
         for module in self.frozen:
             module.requires_grad_(False)
         self.train(self.training)
@@ -299,13 +325,14 @@ class TwoStreamNet(nn.Module):
     def train_branch(self, branch: str) -> None:
         """Make only ``branch`` trainable: the other branch's parameters get ``requires_grad=False``
         and its modules stay in eval mode, so its BatchNorm statistics are fixed too ("we freeze all
-        the layers in the Flow branch, including CMA blocks of the Flow branch", §4.3). Replaces any
-        earlier freezing."""
+        the layers in the Flow branch, including CMA blocks of the Flow branch", §4.3). Replaces an
+        earlier branch's freezing, but what :meth:`freeze_below_fusion` froze stays frozen (a branch
+        of a network fine-tuned ``above_fusion`` trains only its layers above the fusion point)."""
         if branch not in ("rgb", "flow"):
             raise ValueError(f"branch must be 'rgb' or 'flow', got {branch!r}")
         other = "flow" if branch == "rgb" else "rgb"
         self.requires_grad_(True)
-        self.frozen = self.branch_modules(other)
+        self.frozen = self.branch_modules(other) + self.frozen_below_fusion
         for module in self.frozen:
             module.requires_grad_(False)
         self.train(self.training)

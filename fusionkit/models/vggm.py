@@ -40,7 +40,10 @@ stage3   conv4, relu4                      ReLU4   512        16 (13)
 stage4   conv5, relu5                      ReLU5   512        16 (13)
 ======== ================================= ======= ========== ======================
 
-pool5 and the fully-connected layers are the head, :class:`VGGMHead`.
+pool5 and the fully-connected layers are the head, :class:`VGGMHead`: a trainable module, the
+two-stream network's classifier with ``TwoStreamNet(..., backbone="vggm2048", head="vggm_fc",
+input_size=...)`` (its parameters are then those :mod:`~fusionkit.methods.conv_fusion.parameter_counts`
+counts for Tables 1-2).
 
 The fused networks of Feichtenhofer et al.'s Tables 1 and 2 and their parameter counts are the
 paper's, in :mod:`fusionkit.methods.conv_fusion.parameter_counts`.
@@ -129,7 +132,8 @@ def vggm2048(in_channels: int = 3, pretrained: bool = False) -> StagedBackbone:
 class VGGMHead(nn.Module):
     """VGG-M-2048's fully-connected head on a ReLU5 map: pool5 (max 3x3, stride 2) -> flatten
     (pool5 size^2 x C, 6 x 6 x 512 at 224 x 224) -> fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout
-    -> fc8. Returns logits ``[N, num_classes]``.
+    -> fc8. Returns logits ``[N, num_classes]``. Maps with a time axis, ``[N, C, T, H, W]`` (after a
+    temporal fusion block), are classified per time step and the T logits averaged.
 
     Args:
         in_channels: channels of the fused ReLU5 map (512; 1024 after concatenation fusion).
@@ -158,6 +162,9 @@ class VGGMHead(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:  # [N, C, T, H, W]: each time step through the head, the logits averaged over T
+            n, t = x.shape[0], x.shape[2]
+            return self(x.transpose(1, 2).flatten(0, 1)).view(n, t, -1).mean(1)
         if x.dim() != 4 or x.shape[1] != self.in_channels or \
                 _pool_size(x.shape[-2]) != self.pool5_size or _pool_size(x.shape[-1]) != self.pool5_size:
             raise ValueError(f"VGGMHead takes ReLU5 maps [N, {self.in_channels}, H, W] whose pool5 is "

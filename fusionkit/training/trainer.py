@@ -10,12 +10,14 @@ PyTorch's DistributedDataParallel; see its docstring.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -40,6 +42,19 @@ RISING_EPOCHS = 2  # a phase's loss up this many epochs in a row, above its firs
 
 @dataclass
 class TrainConfig:
+    """How to train. Every field has a default; ``explicit`` records which ones the caller *set*, so
+    that a method's training defaults (``Method.train_defaults``, e.g. CCS's balanced batches) fill
+    only what the caller left unset, while every value the caller gave wins, even one equal to the
+    default (``TrainConfig(classes_per_batch=0)`` asks for plain shuffled batches of any method).
+
+    A field is explicit when it is given to the constructor, assigned afterwards, or changed by
+    ``dataclasses.replace`` to a value other than its default; ``replace`` keeps the source's
+    explicit fields (``replace(config, seed=1)`` is the same request with another seed). The one
+    case ``replace`` cannot tell apart, setting a field the source left unset to its default value,
+    counts as unset: state such a value in the constructor, or with :meth:`set`. ``explicit`` is not
+    compared (``TrainConfig(lr=0.01) == TrainConfig()``) and is filled in, not given.
+    """
+
     epochs: int = 10
     batch_size: int = 16  # the global batch: under torchrun, split evenly over the processes
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, as TSN) or "adamw"
@@ -62,6 +77,61 @@ class TrainConfig:
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     find_unused_parameters: bool = False  # under torchrun: for objectives that leave trainable parameters out
     extra: dict = field(default_factory=dict)  # a method's own settings, kept with the checkpoint
+    explicit: tuple = field(default=(), compare=False, repr=False)  # the fields the caller set (see above)
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name != "explicit" and self.__dict__.get("_recording") and name in _FIELD_DEFAULTS \
+                and name not in self.explicit:
+            object.__setattr__(self, "explicit", _in_field_order({*self.explicit, name}))
+
+    def set(self, **values) -> "TrainConfig":
+        """A copy with ``values`` set and recorded as explicit, whatever they are (also a default)."""
+        config = replace(self, **values)
+        object.__setattr__(config, "explicit", _in_field_order({*config.explicit, *values}))
+        return config
+
+    def with_defaults(self, defaults: Mapping, **forced) -> "TrainConfig":
+        """A copy in which ``defaults`` (a method's training defaults) fill the fields this config did
+        not set explicitly, and ``forced`` fields are set whatever this config says (the method's
+        schedule); ``explicit`` stays this config's (what the caller asked for)."""
+        unknown = sorted(set(defaults) - set(_FIELD_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown training default(s) {unknown}; TrainConfig's fields are {sorted(_FIELD_DEFAULTS)}")
+        config = replace(self, **{**{k: v for k, v in defaults.items() if k not in self.explicit}, **forced})
+        object.__setattr__(config, "explicit", self.explicit)
+        return config
+
+
+def _field_default(f):
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+_FIELD_DEFAULTS = {f.name: f for f in fields(TrainConfig) if f.name != "explicit"}
+
+
+def _in_field_order(names) -> tuple:
+    return tuple(n for n in _FIELD_DEFAULTS if n in names)
+
+
+_dataclass_init = TrainConfig.__init__
+
+
+def _recording_init(self, *args, **kwargs):
+    object.__setattr__(self, "_recording", False)
+    _dataclass_init(self, *args, **kwargs)
+    given = set(list(_FIELD_DEFAULTS)[:len(args)]) | (set(kwargs) - {"explicit"})
+    if "explicit" in kwargs or len(args) > len(_FIELD_DEFAULTS):
+        # a copy (dataclasses.replace passes every field, and the source's `explicit`): the source's
+        # explicit fields, and those whose value is no longer the default
+        given = set(self.explicit) | {n for n in given if getattr(self, n) != _field_default(_FIELD_DEFAULTS[n])}
+    object.__setattr__(self, "explicit", _in_field_order(given))
+    object.__setattr__(self, "_recording", True)
+
+
+_recording_init.__doc__, _recording_init.__wrapped__ = _dataclass_init.__doc__, _dataclass_init
+_recording_init.__signature__ = inspect.signature(_dataclass_init)
+TrainConfig.__init__ = _recording_init
 
 
 class Trainer:

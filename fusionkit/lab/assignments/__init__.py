@@ -47,7 +47,7 @@ A new fusion block is a subclass of :class:`fusionkit.fusion.FusionBlock` regist
        from fusionkit.lab.experiments import puzzle_experiment
        late = puzzle_experiment("late", "registration", seeds=[0, 1])
        mine = puzzle_experiment("spatial", "registration", seeds=[0, 1], init_from=late.models,
-                                fusion="scaled_sum", head_hidden=128)
+                                fusion="scaled_sum", head_hidden=128, finetune="all")
        mine.accuracy["scaled_sum"]   # {"mean", "std", "seeds"}: the results schema's entry
 
    and, with the class in a file, every puzzle at once:
