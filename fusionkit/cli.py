@@ -438,13 +438,15 @@ def _bench(args) -> int:
     from fusionkit.lab.bench import DEFAULT_ENTRIES, QUICK, TEACHING, markdown_table, run_benchmark, write_benchmark
 
     settings = QUICK if args.quick else TEACHING
-    overrides = {k: v for k, v in (("puzzles", tuple(args.puzzles or ()) or None),
-                                   ("seeds", tuple(range(args.seeds)) if args.seeds else None)) if v}
+    overrides = {k: tuple(v) for k, v in (("puzzles", args.puzzles), ("seeds", args.seeds),
+                                          ("data_seeds", args.data_seeds)) if v}
+    if args.test_groups is not None:
+        overrides["test_groups"] = args.test_groups
     settings = replace(settings, **overrides)
     entries = tuple(args.methods or DEFAULT_ENTRIES) + tuple(args.blocks or ())
     report = run_benchmark(entries, settings, data_dir=args.data, work_dir=args.work_dir, workers=args.workers,
                            device=args.device, resume=args.resume, progress=not args.quiet,
-                           plugins=tuple(args.plugins or ()))
+                           plugins=tuple(args.plugins or ()), cache=False if args.no_cache else None)
     paths = write_benchmark(report, results_dir=f"{args.figures}/results", figures_dir=args.figures, name=args.name)
     print(markdown_table(report["accuracy"]))
     print("\n".join(f"wrote {p}" for p in paths.values()))
@@ -718,7 +720,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", nargs="+", help="registered fusion blocks to add as spatial-fusion rows")
     p.add_argument("--plugins", nargs="+", help="modules or .py files to import first (they register your blocks)")
     p.add_argument("--puzzles", nargs="+", choices=sorted(PUZZLES), help="puzzles to benchmark (default: all)")
-    p.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...); default 3 (--quick: 1)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2 (default 0 1 2; --quick: 0)")
+    p.add_argument("--data-seeds", type=int, nargs="+",
+                   help="renders of each puzzle, e.g. --data-seeds 0 1; every (data seed, seed) is a run (default 0)")
+    p.add_argument("--test-groups", type=int, help="groups of 3 clips per class held out for testing (default 9 of 16: "
+                        "27 test videos per class; --quick: about 30%%)")
+    p.add_argument("--no-cache", action="store_true", help="train every run, without the run cache "
+                        "(python -m fusionkit.lab.run_cache clear empties it)")
     p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, ...")
     p.add_argument("--data", default="data", help="folder for puzzles and flow")

@@ -8,8 +8,14 @@ from fusionkit.lab.bench import BenchSettings, block_entry, final_output, get_en
 from fusionkit.cli import main
 from fusionkit.methods import build_model
 
-TINY = BenchSettings(puzzles=("conjunction",), seeds=(0,), videos_per_class=4, frames=12, size=32, new_length=3,
-                     epochs=1, finetune_epochs=1)
+TINY = BenchSettings(puzzles=("conjunction",), seeds=(0,), videos_per_class=4, test_groups=None, frames=12, size=32,
+                     new_length=3, epochs=1, finetune_epochs=1)
+
+
+@pytest.fixture(autouse=True)
+def private_run_cache(tmp_path, monkeypatch):
+    """Each test its own run cache (never the project's build/run-cache)."""
+    monkeypatch.setenv("FUSIONKIT_BUILD", str(tmp_path / "build"))
 
 
 def test_markdown_table_rows_columns_and_bold_best():
@@ -68,7 +74,8 @@ def test_run_benchmark_writes_table_heatmap_and_resumes(tmp_path, monkeypatch):
     # late always runs: the others start from it
     assert list(report["accuracy"]["conjunction"]) == ["late", "spatial(fusion=sum)"]
     cell = report["accuracy"]["conjunction"]["spatial(fusion=sum)"]
-    assert set(cell) == {"mean", "std", "seeds"} and len(cell["seeds"]) == 1 and 0 <= cell["mean"] <= 1
+    assert set(cell) == {"mean", "std", "seeds", "runs", "ci95"} and len(cell["seeds"]) == 1 and 0 <= cell["mean"] <= 1
+    assert cell["runs"] == [[0, 0]] and cell["ci95"] is None  # one run: no interval
     assert report["outputs"] == {"late": "late", "spatial(fusion=sum)": "spatial-S"}
     paths = bench.write_benchmark(report, results_dir=tmp_path / "results", figures_dir=tmp_path / "figures")
     saved = json.loads(paths["json"].read_text())

@@ -418,10 +418,11 @@ def load_ground_truth_flow(video_path: str | os.PathLike) -> np.ndarray:
 
 def prepare_puzzle(name: str, data_dir: str | os.PathLike = "data", backend: str = "dis", videos_per_class: int = 30,
                    frames: int = 24, size: int = 64, seed: int = 0, workers: int = 1,
-                   progress: bool = True) -> tuple[Path, Path]:
+                   progress: bool = True, test_groups: int | None = None) -> tuple[Path, Path]:
     """Render a puzzle and extract its flow unless already done; return ``(video_root, flow_cache)``.
 
-    Each parameter set gets its own folders (``<data_dir>/puzzles/<name>_n.._f.._s.._seed..`` and
+    Each parameter set gets its own folders (``<data_dir>/puzzles/<name>_n.._f.._s.._seed..``, with
+    ``_t..`` when ``test_groups`` is given (see :func:`make_puzzles`), and
     ``<data_dir>/flow/<backend>/<same>``), so changing a parameter never mixes old and new videos.
     Both steps resume where a killed run stopped.
     """
@@ -431,10 +432,12 @@ def prepare_puzzle(name: str, data_dir: str | os.PathLike = "data", backend: str
     if workers > 1:  # before anything else: in a worker importing an unguarded script, stop at once
         check_not_bootstrapping("prepare_puzzle")
     key = f"{name}_v{RENDER_VERSION}_n{videos_per_class}_f{frames}_s{size}_seed{seed}"
+    key += f"_t{test_groups}" if test_groups is not None else ""
     root = Path(data_dir) / "puzzles" / key
     cache = Path(data_dir) / "flow" / backend / key
     if not (root / "puzzle.json").is_file():  # written last: its presence means the render finished
-        make_puzzles(name, root, videos_per_class, frames, size, seed, workers=workers, progress=progress)
+        make_puzzles(name, root, videos_per_class, frames, size, seed, test_groups=test_groups, workers=workers,
+                     progress=progress)
     report = extract_flow(root, cache, backend=backend, workers=workers, progress=progress)
     if report.failed:
         raise RuntimeError(f"flow extraction failed for puzzle {name!r}: {report}")

@@ -5,17 +5,23 @@ Each puzzle is built to need one kind of cross-modal dependence (the README's pu
 pixel, ``order`` the order of the segments. The table shows which mechanism meets which need, so
 each entry carries a line saying what its mechanism can see (:attr:`BenchEntry.mechanism`).
 
-A job is one (puzzle, seed): it trains the two streams separately (``late``, the baseline and the
-stage-1 weights that the fusion methods start from, as each paper does), then every other entry.
-Jobs run in worker processes (one torch thread each) and each job's result is written atomically
-to ``<work_dir>/jobs/`` as it finishes, so an interrupted benchmark resumes where it stopped
+A job is one (puzzle, data seed, training seed): on the puzzle's videos rendered from that data
+seed it trains the two streams separately (``late``, the baseline and the stage-1 weights that the
+fusion methods start from, as each paper does), then every other entry. Every trained entry goes
+through the run cache (:mod:`fusionkit.lab.run_cache`), so a job trained before (by an earlier
+benchmark, or a notebook with the same settings) is read back, not trained again. Jobs run in
+worker processes (one torch thread each) and each job's result is written atomically to
+``<work_dir>/jobs/`` as it finishes, so an interrupted benchmark resumes where it stopped
 (``--resume``).
 
-    fusionkit bench [--quick] [--seeds 3] [--puzzles order registration] [--blocks my_block --plugins blocks.py]
+    fusionkit bench [--quick] [--seeds 0 1 2] [--data-seeds 0 1] [--puzzles order registration]
+                    [--blocks my_block --plugins blocks.py]
 
 writes ``figures/results/benchmark.json`` (the notebooks' results schema: a row that is a method with its
-default options under ``accuracy[puzzle][output]``, a row with options of its own under ``variants[row]``),
-``figures/results/benchmark.md`` (mean ± std table) and ``figures/benchmark_heatmap.png``.
+default options under ``accuracy[puzzle][output]``, a row with options of its own under ``variants[row]``;
+each cell a :func:`~fusionkit.lab.results.run_summary` over data seeds x seeds: mean, std, every run
+and a 95% t-interval of the mean), ``figures/results/benchmark.md`` (mean ± std [interval] table) and
+``figures/benchmark_heatmap.png``.
 """
 from __future__ import annotations
 
@@ -116,13 +122,22 @@ def get_entry(name: str) -> BenchEntry:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Sizes and schedules of one benchmark run (the same for every entry)."""
+    """Sizes and schedules of one benchmark run (the same for every entry).
+
+    ``seeds``: the training seeds; ``data_seeds``: the renders of each puzzle (each data seed its
+    own videos); every (data seed, seed) is a run. ``videos_per_class`` and ``test_groups`` (groups
+    of 3 clips per class held out for testing, :func:`fusionkit.data.puzzles.make_puzzles`) make the
+    test split: the default 48 videos per class with 9 test groups is 21 training videos per class
+    (as the 30 with the default 3 test groups were) and 27 test videos per class, 108 per puzzle, so
+    one video is under 1 point of accuracy (it was 2.8 with 36)."""
 
     puzzles: tuple[str, ...] = ("appearance", "motion", "conjunction", "registration", "order")
     seeds: tuple[int, ...] = (0, 1, 2)
-    videos_per_class: int = 30
+    data_seeds: tuple[int, ...] = (0,)
+    videos_per_class: int = 48
+    test_groups: int | None = 9  # None: make_puzzles' default (about 30% of the groups)
     frames: int = 24
-    size: int = 32  # half the notebooks' 64: a quarter of the compute, and every puzzle still solvable
+    size: int = 32  # half the notebooks' 64: a quarter of the compute (docs/performance.md: cost at 32 vs 64)
     segments: int = 3
     new_length: int = 5
     epochs: int = 16  # the separately trained streams (and methods trained from scratch)
@@ -138,13 +153,14 @@ class BenchSettings:
 
     def key(self, entries: tuple[str, ...]) -> str:
         """Identifies the settings a job result was computed with (resume only reuses matching ones)."""
-        text = json.dumps({**asdict(self), "puzzles": None, "seeds": None, "entries": entries}, sort_keys=True)
+        text = json.dumps({**asdict(self), "puzzles": None, "seeds": None, "data_seeds": None, "entries": entries},
+                          sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 TEACHING = BenchSettings()
-QUICK = BenchSettings(puzzles=("conjunction", "registration", "order"), seeds=(0,), videos_per_class=4, frames=12,
-                      size=32, new_length=3, epochs=1, finetune_epochs=1)  # `order` at 12 frames: L <= 3
+QUICK = BenchSettings(puzzles=("conjunction", "registration", "order"), seeds=(0,), videos_per_class=4, test_groups=None,
+                      frames=12, size=32, new_length=3, epochs=1, finetune_epochs=1)  # `order` at 12 frames: L <= 3
 
 
 def final_output(model) -> str:
@@ -177,38 +193,41 @@ def import_plugins(plugins: tuple[str, ...]) -> None:
 
 
 def _run_job(job: tuple) -> dict:
-    """One (puzzle, seed): the streams, then every entry; returns accuracy and seconds per entry."""
+    """One (puzzle, data seed, seed): the streams, then every entry; returns accuracy, seconds (of
+    training and testing, as measured when trained) and whether it came from the run cache, per entry."""
     import torch
 
-    from fusionkit.training.evaluate import classification_metrics, predict
+    from fusionkit.training.evaluate import classification_metrics
     from fusionkit.lab.experiments import puzzle_datasets
-    from fusionkit.methods import get_method, run_method
+    from fusionkit.lab.run_cache import cached_run
+    from fusionkit.methods import get_method
 
-    puzzle, seed, settings, entry_names, data_dir, device, threads, plugins = job
+    puzzle, data_seed, seed, settings, entry_names, data_dir, device, threads, plugins, cache = job
     import_plugins(plugins)
     if threads:  # one per worker process: the processes are the parallelism
         torch.set_num_threads(threads)
     train_set, test_set, num_classes = puzzle_datasets(
         puzzle, data_dir, videos_per_class=settings.videos_per_class, frames=settings.frames, size=settings.size,
         segments=settings.segments, test_segments=settings.segments, new_length=settings.new_length,
-        flow_backend=settings.flow_backend)
-    result = {"puzzle": puzzle, "seed": seed, "accuracy": {}, "seconds": {}, "output": {}}
+        flow_backend=settings.flow_backend, data_seed=data_seed, test_groups=settings.test_groups)
+    result = {"puzzle": puzzle, "data_seed": data_seed, "seed": seed, "accuracy": {}, "seconds": {}, "output": {},
+              "cached": {}}
 
     def train(entry: BenchEntry, init_from=None):
         method = get_method(entry.method)
         epochs = settings.epochs if method.pretrain is None else round(settings.finetune_epochs * entry.epochs_scale)
         config = replace(settings.train_config(epochs, seed, device), **method.train_defaults)
-        start = time.perf_counter()
         # finetune="all": the puzzles' from-scratch towers fine-tune every layer (the committed table did; see
         # fusionkit.methods.conv_fusion for why the paper's "above_fusion" is not used here)
-        model, _, _ = run_method(entry.method, train_set, None, num_classes, config=config, init_from=init_from,
-                                 dropout=settings.dropout, **{"finetune": "all", **entry.options})
-        scores = predict(model, test_set, batch_size=settings.batch_size, device=device)
-        output = final_output(model)
+        run = cached_run(entry.method, train_set, num_classes, eval_sets={"test": test_set},
+                         eval_batch_size=settings.batch_size, config=config, init_from=init_from, cache=cache,
+                         dropout=settings.dropout, **{"finetune": "all", **entry.options})
+        scores, output = run.scores["test"], final_output(run.model)
         result["accuracy"][entry.name] = classification_metrics(scores.probs[output], scores.labels)["top1"]
-        result["seconds"][entry.name] = time.perf_counter() - start
+        result["seconds"][entry.name] = run.seconds
         result["output"][entry.name] = output
-        return model
+        result["cached"][entry.name] = run.hit
+        return run.model
 
     streams = train(BENCH_ENTRIES.lookup("late"))
     for name in entry_names:
@@ -221,35 +240,41 @@ def _run_job(job: tuple) -> dict:
 def run_benchmark(entries: tuple[str, ...] = DEFAULT_ENTRIES, settings: BenchSettings = TEACHING,
                   data_dir: str | os.PathLike = "data", work_dir: str | os.PathLike = "build/bench",
                   workers: int = 2, device: str = "auto", resume: bool = False, progress: bool = True,
-                  plugins: tuple[str, ...] = ()) -> dict:
-    """Train every entry on every puzzle and seed; return ``{"accuracy": {puzzle: {entry: seed_summary}},
-    "seconds": {entry: total}, "outputs": {entry: output name}, "settings": ..., "mechanisms": ...}``.
+                  plugins: tuple[str, ...] = (), cache: bool | None = None) -> dict:
+    """Train every entry on every puzzle, data seed and seed; return ``{"accuracy": {puzzle: {entry:
+    run_summary}}, "seconds": {entry: total}, "outputs": {entry: output name}, "settings": ...,
+    "mechanisms": ..., "cached_runs": how many trained entries came from the run cache}``.
 
     ``late`` always runs (the other methods start from its streams). ``workers`` processes share
     the cores with one torch thread each. Every finished job is saved in ``work_dir``; with ``resume``
-    those with the same settings and entries are reused (after changing code, don't resume). ``plugins``: modules or ``.py`` files registering extra fusion blocks
-    (see :func:`import_plugins`)."""
+    those with the same settings and entries are reused (after changing code, don't resume; the run
+    cache, on unless ``cache=False`` or ``$FUSIONKIT_RUN_CACHE=off``, tells code changes apart by
+    itself). ``plugins``: modules or ``.py`` files registering extra fusion blocks (see
+    :func:`import_plugins`)."""
     from fusionkit.data.parallel import run_jobs
     from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
-    from fusionkit.lab.results import seed_summary
+    from fusionkit.lab.results import run_summary
 
     import_plugins(tuple(plugins))
     # unknown names fail before any training; a block's plain name becomes its row's, spatial(fusion=NAME)
     entries = tuple(dict.fromkeys(get_entry(name).name for name in ("late", *entries)))
     for puzzle in settings.puzzles:  # render once, in this process, before the workers read it
-        prepare_puzzle(puzzle, data_dir, backend=settings.flow_backend, videos_per_class=settings.videos_per_class,
-                       frames=settings.frames, size=settings.size, workers=workers, progress=progress)
+        for data_seed in settings.data_seeds:
+            prepare_puzzle(puzzle, data_dir, backend=settings.flow_backend, videos_per_class=settings.videos_per_class,
+                           frames=settings.frames, size=settings.size, seed=data_seed, workers=workers,
+                           progress=progress, test_groups=settings.test_groups)
     jobs_dir = Path(work_dir) / "jobs" / settings.key(entries)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     todo, done = [], []
+    runs = [(d, s) for d in settings.data_seeds for s in settings.seeds]
     for puzzle in settings.puzzles:
-        for seed in settings.seeds:
-            path = jobs_dir / f"{puzzle}_seed{seed}.json"
+        for data_seed, seed in runs:
+            path = jobs_dir / _job_file(puzzle, data_seed, seed)
             if resume and path.exists():
                 done.append(json.loads(path.read_text()))
             else:
-                todo.append((puzzle, seed, settings, entries, str(data_dir), device, 1 if workers > 1 else None,
-                             tuple(plugins)))
+                todo.append((puzzle, data_seed, seed, settings, entries, str(data_dir), device,
+                             1 if workers > 1 else None, tuple(plugins), cache))
     if todo:
         start = time.perf_counter()
         fresh = run_jobs(_save_job, [(job, str(jobs_dir)) for job in todo], workers=workers, desc="benchmark jobs",
@@ -258,10 +283,12 @@ def run_benchmark(entries: tuple[str, ...] = DEFAULT_ENTRIES, settings: BenchSet
         wall = time.perf_counter() - start
     else:
         wall = 0.0
-    accuracy = {p: {e: seed_summary([r["accuracy"][e] for r in done if r["puzzle"] == p]) for e in entries}
+    by_run = {(r["puzzle"], r["data_seed"], r["seed"]): r for r in done}
+    accuracy = {p: {e: run_summary([by_run[p, d, s]["accuracy"][e] for d, s in runs], runs) for e in entries}
                 for p in settings.puzzles}
     return {"accuracy": accuracy,
             "seconds": {e: sum(r["seconds"][e] for r in done) for e in entries},
+            "cached_runs": sum(sum(r["cached"].values()) for r in done),
             "wall_seconds": wall,
             "outputs": done[0]["output"] if done else {},
             "mechanisms": {e: get_entry(e).mechanism for e in entries},
@@ -269,16 +296,23 @@ def run_benchmark(entries: tuple[str, ...] = DEFAULT_ENTRIES, settings: BenchSet
             "chance": min(1 / len(get_puzzle(p).classes) for p in settings.puzzles)}
 
 
+def _job_file(puzzle: str, data_seed: int, seed: int) -> str:
+    return f"{puzzle}_data{data_seed}_seed{seed}.json"
+
+
 def _save_job(job_and_dir: tuple) -> dict:
     job, jobs_dir = job_and_dir
     result = _run_job(job)
-    atomic_write_text(Path(jobs_dir) / f"{result['puzzle']}_seed{result['seed']}.json", json.dumps(result))
+    atomic_write_text(Path(jobs_dir) / _job_file(result["puzzle"], result["data_seed"], result["seed"]),
+                      json.dumps(result))
     return result
 
 
 def markdown_table(accuracy: dict) -> str:
     """``accuracy[puzzle][entry] = seed_summary`` as a markdown table: entries as rows, puzzles as
-    columns, cells ``mean ± std``; the best mean of each column in bold."""
+    columns, cells ``mean ± std``, followed by the 95% interval ``[low, high]`` where the summary has
+    one (:func:`~fusionkit.lab.results.run_summary` over two runs or more); the best mean of each
+    column in bold."""
     puzzles = list(accuracy)
     entries = list(next(iter(accuracy.values())))
     best = {p: max(accuracy[p][e]["mean"] for e in entries) for p in puzzles}
@@ -288,6 +322,8 @@ def markdown_table(accuracy: dict) -> str:
         for p in puzzles:
             s = accuracy[p][e]
             text = f"{s['mean']:.2f} ± {s['std']:.2f}"
+            if s.get("ci95"):
+                text += f" [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
             cells.append(f"**{text}**" if abs(s["mean"] - best[p]) < 1e-9 else text)
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -319,12 +355,16 @@ def write_benchmark(report: dict, results_dir: str | os.PathLike = "figures/resu
 
     accuracy, variants = results_layout(report)
     json_path = save_results(name, params=report["settings"], accuracy=accuracy, variants=variants,
-                             extra={k: report[k] for k in ("seconds", "wall_seconds", "outputs", "mechanisms", "workers", "chance")},
+                             extra={k: report[k] for k in ("seconds", "wall_seconds", "outputs", "mechanisms", "workers", "chance",
+                                                           "cached_runs")},
                              results_dir=results_dir)
     md_path = Path(results_dir) / f"{name}.md"
     atomic_write_text(md_path, markdown_table(report["accuracy"]))
     by_entry = {e: {p: report["accuracy"][p][e] for p in report["accuracy"]} for e in report["mechanisms"]}
-    ax = plot_benchmark_heatmap(by_entry, title="test top-1, mean ± std over seeds", chance=report["chance"])
+    settings = report["settings"]
+    title = (f"test top-1, mean ± std over {len(settings['data_seeds'])} render(s) x {len(settings['seeds'])} "
+             f"seed(s)")
+    ax = plot_benchmark_heatmap(by_entry, title=title, chance=report["chance"])
     figure_path = save_figure(ax.figure, f"{name}_heatmap", figures_dir)
     plt.close("all")
     return {"json": json_path, "markdown": md_path, "heatmap": figure_path}
