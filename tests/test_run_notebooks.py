@@ -217,6 +217,28 @@ def test_run_notebooks_records_timings_machine_and_load(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::fusionkit.lab.machine.MachineBusyWarning")
+def test_the_assignments_instructor_versions_run_after_the_series_and_are_recorded(tmp_path):
+    folder, figures, stream = fake_series(tmp_path), tmp_path / "figures", io.StringIO()
+    write_notebook(folder / "assignments" / "a1_gamma.ipynb", "SOLUTION = 42  # the instructor's version",
+                   SAVE.format(name="a1_gamma"))
+    assert [p.name for p in rn.series_notebooks(folder)] == ["00_alpha.ipynb", "01_beta.ipynb", "a1_gamma.ipynb"]
+    done = rn.run_notebooks(folder, tmp_path / "build", smoke=True, prepare=False, figures_dir=figures, stream=stream)
+    assert done[-1] == tmp_path / "build" / "assignments" / "a1_gamma.ipynb" and done[-1].is_file()
+    assert json.loads((figures / "results" / "a1_gamma.json").read_text())["params"] == {"SMOKE": True}
+    record = json.loads((figures / "results" / "make_run_smoke.json").read_text())
+    assert record["params"]["notebooks"] == ["00_alpha", "01_beta", "a1_gamma"]
+    assert record["extra"]["notebooks"]["a1_gamma"]["headline"] == "conjunction: late 0.95 ± 0.05"
+    table = stream.getvalue()[stream.getvalue().index("notebook "):].splitlines()
+    assert table[3].split()[0] == "a1_gamma" and table[3].endswith("conjunction: late 0.95 ± 0.05")
+
+
+def test_make_run_covers_the_course_assignments():
+    names = [p.relative_to(ROOT / "notebooks").as_posix() for p in rn.series_notebooks()]
+    assert names[-2:] == ["assignments/a1_conv_fusion.ipynb", "assignments/a2_design_your_block.ipynb"]
+    assert names[0] == "00_quickstart.ipynb"
+
+
+@pytest.mark.filterwarnings("ignore::fusionkit.lab.machine.MachineBusyWarning")
 def test_smoke_runs_record_apart_and_a_failure_writes_no_record(tmp_path):
     folder, figures = fake_series(tmp_path), tmp_path / "figures"
     rn.run_notebooks(folder, tmp_path / "build", smoke=True, prepare=False, figures_dir=figures, stream=io.StringIO())

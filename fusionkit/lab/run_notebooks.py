@@ -1,5 +1,11 @@
 """Execute the notebook series with papermill (``fusionkit run-notebooks``, ``make run``).
 
+What runs (:func:`series_notebooks`): ``notebooks/*.ipynb`` in order, then the course assignments'
+instructor versions, ``notebooks/assignments/*.ipynb`` (the sources, solutions in place), at the
+same parameters, so their results JSONs (``figures/results/a1_*.json``, ``a2_*.json``) come from
+``make run`` like every other notebook's. Executed copies keep the layout under ``--out``
+(``build/assignments/a1_conv_fusion.ipynb``).
+
 What a user sees. Each notebook runs in its own kernel; while it runs, one status line shows the
 cells done out of its code cells, the time elapsed against the time it took in the last recorded
 run, the running cell's first line and the notebook's own training bar (the ``tqdm`` widget the
@@ -412,12 +418,22 @@ def summary_table(rows: list[dict], total: float) -> str:
 
 # ---- the series ---------------------------------------------------------------------------------
 
+ASSIGNMENTS = "assignments"  # the course assignments' folder inside the notebooks folder
+
+
+def series_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks") -> list[Path]:
+    """The notebooks ``make run`` executes, in order: the series, then the assignments' instructor versions."""
+    notebooks = Path(notebooks)
+    return sorted(notebooks.glob("*.ipynb")) + sorted((notebooks / ASSIGNMENTS).glob("*.ipynb"))
+
+
 def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out: str | os.PathLike = PROJECT_ROOT / "build",
                   smoke: bool = False, data_dir: str | os.PathLike = PROJECT_ROOT / "data", workers: int = 2,
                   prepare: bool = True, figures_dir: str | os.PathLike = PROJECT_ROOT / "figures",
                   stream: TextIO | None = None, interval: float = 30.0, record: bool = True) -> list[Path]:
-    """Build the puzzles and their flow (teaching parameters), then execute every notebook in order,
-    showing each one's progress and a summary table at the end, and (``record``) write the timings,
+    """Build the puzzles and their flow (teaching parameters), then execute every notebook in order
+    (:func:`series_notebooks`: the series, then the assignments' instructor versions), showing each
+    one's progress and a summary table at the end, and (``record``) write the timings,
     machine and load to :func:`record_path` once all have run. ``DATA_DIR`` / ``FIGURES_DIR`` are
     passed to the notebooks that declare them."""
     import nbformat
@@ -429,7 +445,7 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
 
     stream = stream if stream is not None else sys.stdout
     say = lambda text: (stream.write(text + "\n"), stream.flush())  # noqa: E731
-    paths = sorted(Path(notebooks).glob("*.ipynb"))
+    paths = series_notebooks(notebooks)
     where = record_path(figures_dir, smoke)
     previous = ((load_record(where) or {}).get("extra") or {}).get("notebooks", {})
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
@@ -457,7 +473,7 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
             progress = NotebookProgress(nb.stem, row["expected"], stream=stream, interval=interval)
             start = time.perf_counter()
             try:
-                done.append(execute_notebook(nb, Path(out) / nb.name, params, progress=progress))
+                done.append(execute_notebook(nb, Path(out) / nb.relative_to(notebooks), params, progress=progress))
                 row["status"] = "ok"
             finally:
                 row.update(seconds=time.perf_counter() - start, cells=progress.total, cells_done=progress.done,
