@@ -191,17 +191,49 @@ def test_video_cams_explain_one_class_and_the_strip_overlays_them():
     assert (cams.output, cams.method, cams.target_class) == ("cma-S", "layercam", predicted)
     np.testing.assert_allclose(cams.flow, two_stream_cam(model, rgb, flow, "cma-S", "flow", method="layercam",
                                                          target_class=predicted))
-    fig = plot_cam_strip(rgb, flow, cams, class_names=["a", "b", "c", "d"])
-    axes = np.array(fig.axes).reshape(2, 3)
+    fig = plot_cam_strip(rgb, flow, cams, class_names=["a", "b", "c", "d"], true_class=1)
     frame, flow_image = snippet_images(rgb[2], flow[2])
-    np.testing.assert_array_equal(axes[0, 2].images[0].get_array(), cam_overlay(frame, cams.rgb[2]))
-    np.testing.assert_array_equal(axes[1, 2].images[0].get_array(), cam_overlay(flow_image, cams.flow[2]))
-    assert axes[1, 0].get_ylabel() == "flow" and "abcd"[predicted] in fig.get_suptitle()
+    rgb_rows, flow_rows = fig.cam_axes["rgb"], fig.cam_axes["flow"]
+    # the raw frame beside, the CAM on its own on a fixed 0..1 scale, the frame lit by the CAM
+    np.testing.assert_array_equal(rgb_rows["frame"][2].images[0].get_array(), frame)
+    np.testing.assert_array_equal(rgb_rows["cam"][2].images[0].get_array(), cams.rgb[2])
+    assert rgb_rows["cam"][2].images[0].get_clim() == (0, 1)
+    assert rgb_rows["cam"][2].images[0].get_cmap().name == "viridis"
+    np.testing.assert_array_equal(rgb_rows["lit"][2].images[0].get_array(), cam_overlay(frame, cams.rgb[2]))
+    np.testing.assert_array_equal(flow_rows["frame"][2].images[0].get_array(), flow_image)
+    np.testing.assert_array_equal(flow_rows["lit"][2].images[0].get_array(), cam_overlay(flow_image, cams.flow[2]))
+    assert flow_rows["frame"][0].get_ylabel() == "flow" and rgb_rows["cam"][0].get_ylabel() == "RGB CAM"
+    # a colour bar per stream, labelled; the flow key beside the flow row
+    colourbars = [ax for ax in fig.axes if ax.get_ylabel() == "CAM"]
+    assert len(colourbars) == 2
+    assert any("flow key" in child.get_title() for child in flow_rows["frame"][-1].child_axes)
+    # the prediction, its score and the truth in the title
+    title = fig.get_suptitle()
+    with torch.no_grad():
+        probability = float(model(rgb[None], flow[None])["cma-S"].softmax(-1)[0, predicted])
+    assert f"evidence for {'abcd'[predicted]} (p = {probability:.2f})" in title and "true class b" in title
     plt.close(fig)
+    only_rgb = plot_cam_strip(rgb, flow, cams, streams=("rgb",))
+    assert list(only_rgb.cam_axes) == ["rgb"] and len(only_rgb.axes) == 3 * 3 + 1
+    with pytest.raises(ValueError, match="streams must be some of"):
+        plot_cam_strip(rgb, flow, cams, streams=("audio",))
+
+
+def test_overlay_keeps_the_frames_colours_where_the_evidence_is():
+    image = np.zeros((2, 2, 3), np.float32)
+    image[0, 0] = [1, 0, 0]  # a red pixel
+    image[1, 1] = [0, 0, 1]  # a blue pixel
+    cam = np.array([[1.0, 0.0], [0.0, 0.5]], np.float32)
+    lit = cam_overlay(image, cam, floor=0.2)
+    np.testing.assert_array_equal(lit[0, 0], [255, 0, 0])  # full evidence: the colour itself
+    np.testing.assert_array_equal(lit[1, 1], [0, 0, round(255 * (0.2 + 0.8 * 0.5))])  # still blue, dimmer
+    np.testing.assert_array_equal(lit[0, 1], [0, 0, 0])
+    with pytest.raises(ValueError, match=r"floor must be in \[0, 1\]"):
+        cam_overlay(image, cam, floor=1.5)
 
 
 def test_overlay_checks_its_inputs_and_takes_uint8_or_float_images():
-    image = np.full((8, 8, 3), 0.5, np.float32)
+    image = np.full((8, 8, 3), 153 / 255, np.float32)  # a grey that uint8 holds exactly
     cam = np.zeros((8, 8), np.float32)
     cam[2, 3] = 1
     over = cam_overlay(image, cam)

@@ -168,3 +168,176 @@ def test_save_figure_writes_a_png(tmp_path):
     plot_benchmark_heatmap({"late": {"motion": {"mean": 1.0, "std": 0.0}}}, ax=ax)
     path = save_figure(fig, "bench", tmp_path / "figures")
     assert path == tmp_path / "figures" / "bench.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Layout, read back from the drawn figure: legends beside the data, labels apart, one colour per method
+# --------------------------------------------------------------------------------------------
+from fusionkit.viz.plots import (METHOD_COLOURS, add_flow_key, epochs_to, flow_wheel, legend_outside,  # noqa: E402
+                                 method_colours, palette_key, plot_learning_curves)
+
+
+def _renderer(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _tick_label_boxes(ax, renderer):
+    return [t.get_window_extent(renderer) for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+
+
+def _assert_legend_clear(ax, companions=()):
+    """The legend overlaps neither the data region nor any tick label of ``ax`` (and its companions)."""
+    fig = ax.figure
+    renderer = _renderer(fig)
+    legend = ax.get_legend()
+    assert legend is not None
+    box = legend.get_window_extent(renderer)
+    for a in (ax, *companions):
+        assert not box.overlaps(a.get_window_extent(renderer)), "the legend covers the data region"
+        for tick in _tick_label_boxes(a, renderer):
+            assert not box.overlaps(tick), "the legend covers a tick label"
+        label = a.yaxis.label.get_window_extent(renderer)
+        assert not box.overlaps(label), "the legend covers an axis label"
+
+
+def _assert_apart(boxes):
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), f"{a} and {b} collide"
+
+
+def test_palette_gives_a_method_one_colour_in_every_figure():
+    assert palette_key("two-stream (late)") == palette_key("late") == "late"
+    assert palette_key("cma-S") == "cma" and palette_key("cma-R") == "rgb" and palette_key("non-local") == "nonlocal" and palette_key("SUM") == "sum"
+    bars = plot_accuracy_bars({"p": {"late": {"mean": 0.5, "std": 0}, "conv": {"mean": 1.0, "std": 0}}}, ["late", "conv"])
+    sweep = {"rgb_weight": [0, 0.5, 1], "top1": [0.3, 0.6, 0.4]}
+    lines = _lines(plot_weight_sweep({"two-stream": sweep, "conv": sweep}))
+    curves = _lines(plot_learning_curves({"conv": [[0.5, 1.0]]}, threshold=None))
+    colour = matplotlib.colors.to_hex
+    assert colour(bars.patches[0].get_facecolor()) == colour(lines["two-stream"].get_color()) == METHOD_COLOURS["late"]
+    assert (colour(bars.patches[1].get_facecolor()) == colour(lines["conv"].get_color())
+            == colour(curves["conv"].get_color()) == METHOD_COLOURS["conv"])
+    # labels naming no method get spare colours, never one already in the figure
+    colours = method_colours(["late", "SUM+AL", "MAX+AL", "cmmp"])
+    assert len(set(colours.values())) == 4 and colours["cmmp"] == METHOD_COLOURS["cmmp"]
+    assert len(set(method_colours(["rgb", "cma-R"]).values())) == 2  # one figure never repeats a colour
+    with pytest.raises(ValueError, match="name no method"):
+        method_colours([f"row {i}" for i in range(20)])
+
+
+def test_accuracy_bars_legend_beside_the_axes_hides_no_bar_or_tick():
+    accuracy = {p: {o: {"mean": 0.5 + 0.1 * i, "std": 0.05} for i, o in enumerate(["rgb", "flow", "late", "conv"])}
+                for p in ["appearance", "motion", "registration"]}
+    fig, axes = plt.subplots(2, 1, figsize=(6, 5))
+    for ax in axes:
+        plot_accuracy_bars(accuracy, ["rgb", "flow", "late", "conv"], ax=ax, chance=0.25, title="t")
+    fig.tight_layout()
+    for ax in axes:
+        _assert_legend_clear(ax)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rgb", "flow", "late", "conv"]
+    _assert_texts_inside(fig)
+
+
+def _assert_texts_inside(fig):
+    """Every visible text lies inside the figure as laid out (nothing clipped without bbox_inches)."""
+    renderer = _renderer(fig)
+    page = fig.bbox.padded(1)
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_text() and text.get_visible():
+            box = text.get_window_extent(renderer)
+            assert page.contains(box.x0, box.y0) and page.contains(box.x1, box.y1), f"{text.get_text()!r} is clipped"
+
+
+def test_accuracy_bars_of_one_group_name_each_bar_on_the_axis():
+    rows = ["baseline", "CB", "CS", "All", "SUM+AL", "MAX+AL", "CMMP+noAL"]
+    ax = plot_accuracy_bars({"registration": {r: {"mean": 0.5, "std": 0.0} for r in rows}}, rows, chance=0.25)
+    assert [t.get_text() for t in ax.get_xticklabels()] == rows and ax.get_xlabel() == "registration"
+    assert ax.get_legend() is None
+    np.testing.assert_allclose(ax.get_xticks(), [p.get_x() + p.get_width() / 2 for p in ax.patches])
+    _assert_apart([t.get_window_extent(_renderer(ax.figure)) for t in ax.get_xticklabels()])
+    assert any(t.get_text() == "chance" for t in ax.texts)
+
+
+def test_history_legend_outside_both_axes_in_a_grid():
+    history = [{"epoch": e, "loss": 1.0 / e, "train": {"cmmp-R": 0.3, "cmmp-F": 0.4, "cmmp-S": 0.5}} for e in (1, 2, 3)]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 5))
+    for ax in axes.flat:
+        plot_history(history, ax=ax, title="order CMMP")
+    fig.tight_layout()
+    for ax in axes.flat:
+        twin = [a for a in fig.axes if a is not ax and a.bbox.bounds == ax.bbox.bounds]
+        assert len(twin) == 1
+        _assert_legend_clear(ax, companions=twin)
+    accuracy_lines = _lines(fig.axes[-1])
+    # the fused output in the method's colour, its per-stream outputs in the streams' colours
+    assert accuracy_lines["train acc cmmp-S"].get_color() == METHOD_COLOURS["cmmp"]
+    assert accuracy_lines["train acc cmmp-R"].get_color() == METHOD_COLOURS["rgb"]
+    assert accuracy_lines["train acc cmmp-F"].get_color() == METHOD_COLOURS["flow"]
+    assert len({line.get_color() for line in accuracy_lines.values()}) == 3
+
+
+def test_weight_sweep_panels_side_by_side_do_not_collide():
+    sweep = {"rgb_weight": list(np.linspace(0, 1, 21)), "top1": list(np.linspace(0.3, 1.0, 21))}
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3), sharey=True)
+    for ax in axes:
+        plot_weight_sweep({"late": sweep}, ax=ax, title="p", chance=0.25, legend=False)
+    fig.tight_layout()
+    renderer = _renderer(fig)
+    _assert_apart([ax.xaxis.label.get_window_extent(renderer) for ax in axes])
+    _assert_apart([t.get_window_extent(renderer) for ax in axes for t in ax.get_xticklabels()])
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["0\nflow only", "0.5", "1\nRGB only"]
+    ax = plot_weight_sweep({"late": sweep, "cma": sweep})
+    _assert_legend_clear(ax)
+
+
+def test_epochs_to_threshold_by_hand():
+    assert epochs_to([0.5, 0.85, 0.9, 1.0], 0.9) == 3
+    assert epochs_to([0.95], 0.9) == 1
+    assert epochs_to([0.5, 0.6], 0.9) is None
+
+
+def test_learning_curves_draw_the_mean_over_seeds_and_the_epochs_to_threshold():
+    curves = {"sum": [[0.5, 0.7, 0.9, 1.0], [0.3, 0.9, 1.0, 1.0]], "max": [[0.4, 0.5, 0.6, 0.7], [0.5, 0.6, 0.95, 1.0]]}
+    ax = plot_learning_curves(curves, threshold=0.9, chance=0.25, title="t")
+    lines = _lines(ax)
+    np.testing.assert_allclose(lines["sum (2.5 ep. to 0.9)"].get_ydata(), [0.4, 0.8, 0.95, 1.0])
+    np.testing.assert_allclose(lines["sum (2.5 ep. to 0.9)"].get_xdata(), [1, 2, 3, 4])
+    assert "max (not 0.9 in 4 ep.)" in lines  # one seed never reaches it
+    assert len(ax.collections) == 2  # the seeds' std bands
+    _assert_legend_clear(ax)
+    with pytest.raises(ValueError, match="one non-empty accuracy curve per seed"):
+        plot_learning_curves({"sum": [0.5, 0.6]})
+
+
+def test_flow_wheel_is_the_colour_of_the_flow_pointing_to_each_pixel():
+    wheel = flow_wheel(65, max_magnitude=2.0)
+    centre = 32
+    # image axes: x to the right, y down; the edge of the circle is the full-saturation speed
+    def colour(dx, dy):  # cv2.cartToPolar's angle is good to about 0.3 degrees: one hue step either way
+        return flow_to_colour(np.array([[[dx, dy]]], np.float32), 2.0)[0, 0].astype(int)
+
+    np.testing.assert_allclose(wheel[centre, 64], colour(2.0, 0.0), atol=2)
+    np.testing.assert_allclose(wheel[0, centre], colour(0.0, -2.0), atol=2)  # up in the image: dy < 0
+    np.testing.assert_allclose(wheel[centre, 0], colour(-2.0, 0.0), atol=2)
+    np.testing.assert_array_equal(wheel[centre, centre], [255, 255, 255])  # no motion: white
+    np.testing.assert_array_equal(wheel[0, 0], [255, 255, 255])  # outside the circle
+    assert len({tuple(wheel[centre, 64]), tuple(wheel[0, centre]), tuple(wheel[centre, 0])}) == 3
+    with pytest.raises(ValueError, match="at least 3 pixels"):
+        flow_wheel(2)
+
+
+@pytest.mark.parametrize("where", ["below", "right"])
+def test_flow_key_sits_beside_the_image_and_labels_its_speed(where):
+    fig, axes = plt.subplots(1, 3, figsize=(8, 3))
+    for ax in axes:
+        ax.imshow(flow_to_colour(np.ones((8, 8, 2), np.float32), 3))
+    key = add_flow_key(axes[1], 3, where=where)
+    renderer = _renderer(fig)
+    box = key.get_window_extent(renderer)
+    assert not box.overlaps(axes[1].get_window_extent(renderer))  # hides nothing of its image
+    np.testing.assert_array_equal(key.images[0].get_array(), flow_wheel())
+    label = key.get_ylabel() if where == "below" else key.get_title()
+    assert label == "flow key: edge 3 px"
+    with pytest.raises(ValueError, match="where must be one of"):
+        add_flow_key(axes[0], where="inside")

@@ -26,7 +26,6 @@ import torch
 from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
                               LayerCAM, XGradCAM)
 from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
@@ -204,21 +203,23 @@ def two_stream_cam(model: nn.Module, rgb: torch.Tensor, flow: torch.Tensor, outp
 
 @dataclass
 class VideoCAMs:
-    """Both streams' CAMs ``[T, H, W]`` of one video, for one output, method and class."""
+    """Both streams' CAMs ``[T, H, W]`` of one video, for one output, method and class;
+    ``probability``: the output's softmax score of that class (None when not known)."""
 
     rgb: np.ndarray
     flow: np.ndarray
     target_class: int
     output: str
     method: str
+    probability: float | None = None
 
 
 def video_cams(model: nn.Module, rgb: torch.Tensor, flow: torch.Tensor, output: str | None = None,
                method: str | type[BaseCAM] = "gradcam", target_class: int | None = None,
                layers: dict[str, str | nn.Module] | None = None) -> VideoCAMs:
     """The CAMs of both streams (:func:`two_stream_cam`) for the same class: ``target_class``, or
-    the class ``output`` predicts (found once, so both maps explain the same decision).
-    ``layers``: optional ``{"rgb": layer, "flow": layer}``."""
+    the class ``output`` predicts (found once, so both maps explain the same decision), with that
+    class's softmax score. ``layers``: optional ``{"rgb": layer, "flow": layer}``."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -230,23 +231,37 @@ def video_cams(model: nn.Module, rgb: torch.Tensor, flow: torch.Tensor, output: 
         raise KeyError(f"the model has no output {output!r}; its outputs are {list(out)}")
     if target_class is None:
         target_class = int(out[output].argmax(-1))
+    # score-level fusions return log-probabilities; softmax maps them back to themselves (as predict does)
+    probability = float(out[output].float().softmax(-1)[0, target_class])
     layers = layers or {}
     maps = {stream: two_stream_cam(model, rgb, flow, output, stream, layers.get(stream), method, target_class)
             for stream in STREAMS}
     name = method if isinstance(method, str) else get_cam_method(method).__name__
-    return VideoCAMs(maps["rgb"], maps["flow"], target_class, output, name)
+    return VideoCAMs(maps["rgb"], maps["flow"], target_class, output, name, probability)
 
 
-def cam_overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
-    """The library's heatmap overlay (``show_cam_on_image``, jet colour map) of a ``[H, W]`` CAM in
-    [0, 1] on an ``[H, W, 3]`` RGB image (float in [0, 1] or uint8): ``[H, W, 3]`` uint8."""
+CAM_CMAP = "viridis"  # the CAM drawn on its own, 0..1 (no red or blue that could pass for a sprite)
+CAM_FLOOR = 0.2  # brightness cam_overlay leaves where the CAM is 0
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, floor: float = CAM_FLOOR) -> np.ndarray:
+    """The image lit by a ``[H, W]`` CAM in [0, 1]: each pixel's colour times ``floor + (1 - floor) *
+    cam``, as ``[H, W, 3]`` uint8 (the image: ``[H, W, 3]``, float in [0, 1] or uint8).
+
+    Where the evidence is the frame keeps its own colours, so a red sprite stays red and a blue one
+    blue; the rest fades towards black. This departs from the library's ``show_cam_on_image``, whose
+    jet colour map paints red and blue over the frame and hides which sprite is which (the puzzles'
+    classes are those colours)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be [H, W, 3], got shape {image.shape}")
     if image.shape[:2] != np.shape(cam):
         raise ValueError(f"the CAM {np.shape(cam)} and the image {image.shape[:2]} differ in size")
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
     image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.clip(image, 0, 1).astype(np.float32)
-    return show_cam_on_image(image, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
+    light = floor + (1 - floor) * np.clip(np.asarray(cam, np.float32), 0, 1)
+    return np.round(image * light[..., None] * 255).astype(np.uint8)
 
 
 def snippet_images(rgb: torch.Tensor, flow: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
@@ -260,30 +275,65 @@ def snippet_images(rgb: torch.Tensor, flow: torch.Tensor, mean: Sequence[float] 
     return denormalize_rgb(rgb, mean, std), flow_stack_to_colour(flow).astype(np.float32) / 255.0
 
 
+CAM_ROWS = ("frame", "cam", "lit")  # per stream: the raw image, the CAM on its own, the image lit by it
+
+
 def plot_cam_strip(rgb: torch.Tensor, flow: torch.Tensor, cams: VideoCAMs, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD, image_weight: float = 0.5, class_names: Sequence[str] | None = None,
-                   panel_size: float = 1.7):
-    """A strip over the T segments of one video: row 1 the RGB frames with the RGB tower's CAM,
-    row 2 the flow colour images with the motion tower's CAM. Returns the Figure; each panel's
-    overlay image is ``axes[row, t].images[0]``."""
+                   std: Sequence[float] = IMAGENET_STD, class_names: Sequence[str] | None = None,
+                   true_class: int | None = None, streams: Sequence[str] = STREAMS, panel_size: float = 1.5,
+                   fig=None, floor: float = CAM_FLOOR):
+    """A strip over the T segments of one video, three rows per stream in ``streams``: the raw
+    image (RGB frame, or the flow's first field colour-coded), the CAM on its own (``CAM_CMAP``,
+    0..1, with a colour bar) and the image lit by it (:func:`cam_overlay`, the frame's own colours
+    where the evidence is). The title names the explained class, its score and, with
+    ``true_class``, the truth; the flow rows carry the colour-wheel key.
+
+    ``fig``: a Figure or SubFigure to draw into (e.g. one of ``fig.subfigures``), else a new one.
+    Returns it; ``fig.cam_axes[stream][row]`` lists the row's Axes (``CAM_ROWS``), each panel's
+    picture being ``ax.images[0]``."""
     import matplotlib.pyplot as plt
 
+    from fusionkit.viz.plots import SMALL, add_flow_key
+
     t = int(rgb.shape[0])
+    unknown = [s for s in streams if s not in STREAMS]
+    if unknown or not streams:
+        raise ValueError(f"streams must be some of {STREAMS}, got {list(streams)}")
     if cams.rgb.shape[0] != t or cams.flow.shape[0] != t:
         raise ValueError(f"the video has {t} snippets but the CAMs {cams.rgb.shape[0]} (rgb) and "
                          f"{cams.flow.shape[0]} (flow)")
-    fig, axes = plt.subplots(2, t, figsize=(panel_size * t, panel_size * 2 + 0.4), squeeze=False)
+    rows = len(streams) * len(CAM_ROWS)
+    if fig is None:
+        fig = plt.figure(figsize=(panel_size * t + 1.6, panel_size * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, t, squeeze=False)
+    images = [snippet_images(rgb[i], flow[i], mean, std) for i in range(t)]
+    names = {"rgb": "RGB", "flow": "flow"}
+    fig.cam_axes = {}
+    for k, stream in enumerate(streams):
+        block = axes[k * len(CAM_ROWS):(k + 1) * len(CAM_ROWS)]
+        fig.cam_axes[stream] = {row: list(block[j]) for j, row in enumerate(CAM_ROWS)}
+        maps = getattr(cams, stream)
+        for i in range(t):
+            picture = images[i][0 if stream == "rgb" else 1]
+            block[0, i].imshow(picture)
+            shown = block[1, i].imshow(maps[i], cmap=CAM_CMAP, vmin=0, vmax=1)
+            block[2, i].imshow(cam_overlay(picture, maps[i], floor))
+        for j, row in enumerate(("", "CAM", "lit by CAM")):
+            block[j, 0].set_ylabel(f"{names[stream]} {row}".strip(), fontsize=SMALL)
+        fig.colorbar(shown, ax=list(block[1]), shrink=0.9, pad=0.02).set_label("CAM", fontsize=SMALL)
+        if stream == "flow":
+            add_flow_key(block[0, -1], where="right")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     for i in range(t):
-        frame, flow_image = snippet_images(rgb[i], flow[i], mean, std)
-        axes[0, i].imshow(cam_overlay(frame, cams.rgb[i], image_weight))
-        axes[1, i].imshow(cam_overlay(flow_image, cams.flow[i], image_weight))
-        axes[0, i].set_title(f"segment {i}", fontsize=8)
-        for ax in axes[:, i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("RGB", fontsize=8)
-    axes[1, 0].set_ylabel("flow", fontsize=8)
-    label = class_names[cams.target_class] if class_names is not None else f"class {cams.target_class}"
-    fig.suptitle(f"{cams.method} on {cams.output!r}: evidence for {label}", fontsize=9)
-    fig.tight_layout()
+        axes[0, i].set_title(f"segment {i}", fontsize=SMALL)
+
+    def name(c):
+        return class_names[c] if class_names is not None else f"class {c}"
+
+    score = f" (p = {cams.probability:.2f})" if cams.probability is not None else ""
+    truth = f"; true class {name(true_class)}" if true_class is not None else ""
+    fig.suptitle(f"{cams.method} on {cams.output!r}: evidence for {name(cams.target_class)}{score}{truth}",
+                 fontsize=SMALL + 1)
     return fig

@@ -24,7 +24,7 @@ from torch import nn
 from fusionkit.training.evaluate import Scores, fusion_weight_sweep
 from fusionkit.viz.attention import (AttentionSource, ExplorerState, ExplorerView, VideoSource, _check_range,
                                      attention_explorer, explorer_view, plot_explorer_view)
-from fusionkit.viz.cam import VideoCAMs, cam_overlay, get_cam_method, snippet_images, video_cams
+from fusionkit.viz.cam import CAM_FLOOR, VideoCAMs, cam_overlay, get_cam_method, snippet_images, video_cams
 from fusionkit.viz.plots import plot_weight_sweep
 
 __all__ = [
@@ -112,9 +112,10 @@ class CamSource(VideoSource):
         return self.class_names[label] if self.class_names is not None else f"class {label}"
 
 
-def cam_view(source: CamSource, state: CamState, image_weight: float = 0.5) -> CamView:
+def cam_view(source: CamSource, state: CamState, floor: float = CAM_FLOOR) -> CamView:
     """Everything the CAM scrubber draws for ``state``: the segment's RGB frame and flow colour image
-    with the CAMs of their towers overlaid. Out-of-range videos or segments raise ValueError."""
+    lit by the CAMs of their towers (:func:`~fusionkit.viz.cam.cam_overlay`). Out-of-range videos or
+    segments raise ValueError."""
     item, cams = source.cams(state.video, state.method)
     segment = _check_range("segment", state.segment, int(item["rgb"].shape[0]))
     frame, flow_image = snippet_images(item["rgb"][segment], item["flow"][segment], source.mean, source.std)
@@ -123,7 +124,7 @@ def cam_view(source: CamSource, state: CamState, image_weight: float = 0.5) -> C
     truth = f" (true: {source.class_name(int(label))})" if label is not None else ""
     title = (f"{item.get('video_id', state.video)}  segment {segment}: {cams.method} on {cams.output!r} for "
              f"{source.class_name(cams.target_class)}{truth}")
-    return CamView(cam_overlay(frame, rgb_cam, image_weight), cam_overlay(flow_image, flow_cam, image_weight),
+    return CamView(cam_overlay(frame, rgb_cam, floor), cam_overlay(flow_image, flow_cam, floor),
                    rgb_cam, flow_cam, title)
 
 
