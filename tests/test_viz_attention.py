@@ -231,6 +231,32 @@ def test_attention_figure_has_a_panel_per_unit_and_query():
     fig.canvas.draw()
 
 
+def test_attention_figure_titles_apart_and_weights_inside_their_panels():
+    rgb, flow = inputs()
+    records = record_attention(tiny_cma(), rgb, flow)
+    frame = denormalize_rgb(rgb[0, 1])
+    # queries in the corners send arrows to keys at the frame's edges, where a label can be clipped
+    names = ["query on the moving sprite", "query on the still sprite"]
+    fig = attention_figure(records, frame, [(1, 1), (30, 30)], sample=1, k=4, query_names=names,
+                           title="CMA (paper): rgb<-flow attention")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert [ax.get_title() for ax in axes[0]] == names and [ax.get_title() for ax in axes[1]] == ["", ""]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == list(records)
+    titles = [ax.title.get_window_extent(renderer) for ax in axes[0]] + [fig._suptitle.get_window_extent(renderer)]
+    for i, a in enumerate(titles):
+        for b in titles[i + 1:]:
+            assert not a.overlaps(b)
+    labels = [(ax, t) for ax in fig.axes for t in ax.texts if t.get_gid() == "attention-weight"]
+    assert len(labels) == 4 * 4
+    for ax, text in labels:
+        box, panel = text.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 and box.y1 <= panel.y1, text.get_text()
+    with pytest.raises(ValueError, match="1 query names for 2 query points"):
+        attention_figure(records, frame, [(1, 1), (30, 30)], query_names=names[:1])
+
+
 # -- explorer ----------------------------------------------------------------------------------
 def test_explorer_builds_headless_and_explorer_view_follows_the_state():
     model = tiny_cma()

@@ -382,7 +382,7 @@ def _upsample(attention_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def plot_attention_arrows(ax, frame: np.ndarray | torch.Tensor, attention_map: np.ndarray,
                           query_xy_pixels: Sequence[float], k: int = 3, *,
-                          extent_hw: tuple[float, float] | None = None, alpha: float = 0.5, cmap: str = "jet",
+                          extent_hw: tuple[float, float] | None = None, alpha: float = 0.5, cmap: str = "viridis",
                           arrow_color: str = "white", query_color: str = "red", show_weights: bool = True,
                           title: str | None = None):
     """One panel of Chi et al. Fig. 5 (§5.4): ``frame`` with the attention map of a query upsampled
@@ -397,7 +397,10 @@ def plot_attention_arrows(ax, frame: np.ndarray | torch.Tensor, attention_map: n
         query_xy_pixels: the query point ``(x, y)`` in frame pixels.
         extent_hw: the pixel (height, width) the key grid covers from the top-left corner
             (:meth:`AttentionRecord.key_extent`); default: the whole frame.
-    Arrows are annotations with gid ``"attention-arrow"``, the query marker has gid ``"attention-query"``.
+    Arrows are annotations with gid ``"attention-arrow"``, the query marker has gid ``"attention-query"``,
+    the weights are texts with gid ``"attention-weight"``, each written on the side of its key that
+    faces the frame's centre so it stays inside the panel. The heatmap is ``viridis`` by default
+    (Chi et al. draw jet, whose red and blue would pass for the puzzles' red and blue sprites).
     """
     image = _as_image(frame)
     h, w = image.shape[:2]
@@ -420,7 +423,11 @@ def plot_attention_arrows(ax, frame: np.ndarray | torch.Tensor, attention_map: n
                                     shrinkA=0, shrinkB=0, mutation_scale=12))
         if show_weights:
             label = f"{weight:.2f}" if values.ndim == 2 else f"{weight:.2f} (t={index[0]})"
-            ax.text(kx, ky, label, color=arrow_color, fontsize=7, ha="left", va="bottom")
+            # towards the centre of the frame (y grows downwards), a few points off the key
+            right, low = kx > (w - 1) / 2, ky > (h - 1) / 2
+            ax.annotate(label, (kx, ky), xytext=(-3 if right else 3, 3 if low else -3), textcoords="offset points",
+                        color=arrow_color, fontsize=7, ha="right" if right else "left",
+                        va="bottom" if low else "top", gid="attention-weight")
     ax.plot([qx], [qy], marker="o", markersize=7, markerfacecolor=query_color, markeredgecolor="white",
             linestyle="none", gid="attention-query")
     ax.set_xlim(-0.5, w - 0.5)
@@ -434,9 +441,14 @@ def plot_attention_arrows(ax, frame: np.ndarray | torch.Tensor, attention_map: n
 
 def attention_figure(records: Mapping[str, AttentionRecord], frame: np.ndarray | torch.Tensor | Mapping[str, Any],
                      queries_xy: Sequence[Sequence[float]], sample: int = 0, units: Sequence[str] | None = None,
-                     k: int = 3, query_t: int = 0, panel_size: float = 2.6, **plot_kwargs):
+                     k: int = 3, query_t: int = 0, panel_size: float = 2.6, query_names: Sequence[str] | None = None,
+                     title: str | None = None, **plot_kwargs):
     """Fig. 5 as a grid: one row per unit, one column per query point, each panel drawn by
     :func:`plot_attention_arrows`. Returns the matplotlib Figure.
+
+    Each column is titled once (``query_names``, default the query cell), each row is labelled
+    with its unit on the left, and ``title`` goes above them all, so no panel carries a long title
+    that runs into its neighbour's.
 
     Args:
         records: from :func:`record_attention`.
@@ -456,8 +468,10 @@ def attention_figure(records: Mapping[str, AttentionRecord], frame: np.ndarray |
         raise ValueError(f"no record for unit(s) {missing}; recorded: {list(records)}")
     if not names or not queries_xy:
         raise ValueError("attention_figure needs at least one unit and one query point")
-    fig, axes = plt.subplots(len(names), len(queries_xy), squeeze=False,
-                             figsize=(panel_size * len(queries_xy), panel_size * len(names)))
+    if query_names is not None and len(query_names) != len(queries_xy):
+        raise ValueError(f"{len(query_names)} query names for {len(queries_xy)} query points")
+    fig, axes = plt.subplots(len(names), len(queries_xy), squeeze=False, layout="constrained",
+                             figsize=(panel_size * len(queries_xy) + 0.4, panel_size * len(names) + 0.4))
     for row, name in enumerate(names):
         record = records[name]
         image = _as_image(frame[name] if isinstance(frame, Mapping) else frame)
@@ -468,8 +482,13 @@ def attention_figure(records: Mapping[str, AttentionRecord], frame: np.ndarray |
             amap = query_attention(record, sample, query)
             centre = grid_to_image(cell, record.query_shape, size)
             plot_attention_arrows(axes[row, col], image, amap, centre, k, extent_hw=record.key_extent(size),
-                                  title=f"{name}  query {tuple(query)}", **plot_kwargs)
-    fig.tight_layout()
+                                  **plot_kwargs)
+            if row == 0:
+                axes[row, col].set_title(query_names[col] if query_names is not None else f"query {tuple(query)}",
+                                         fontsize=8)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
