@@ -282,3 +282,19 @@ def test_entry_records_what_determined_it(data_dir, private_cache):
     assert set(record["files"]) >= {"checkpoint.pt", "history.json", "run.json", "scores-test.npz"}
     with pytest.raises(ValueError, match="identifiers"):
         cached_run("late", train_set, classes, eval_sets={"../x": test_set}, config=CONFIG)
+
+
+def test_an_entry_that_does_not_load_is_retrained(data_dir, private_cache, monkeypatch):
+    import fusionkit.methods
+
+    train_set, test_set, classes = datasets(data_dir)
+    kwargs = dict(eval_sets={"test": test_set}, config=CONFIG)
+    first = cached_run("late", train_set, classes, **kwargs)
+
+    def unloadable(*args, **kwargs):
+        raise TypeError("an option did not survive JSON")
+
+    monkeypatch.setattr(fusionkit.methods, "load_run", unloadable)
+    with pytest.warns(RuntimeWarning, match="does not load: TypeError: an option did not survive JSON"):
+        again = cached_run("late", train_set, classes, **kwargs)
+    assert not again.hit and again.key == first.key and states_equal(again.model, first.model)

@@ -385,7 +385,10 @@ def cached_run(method: str, train_set, num_classes: int, *, eval_sets: dict | No
     if entry.is_dir():
         problem = entry_problem(entry)
         if problem is None:
-            return _load_entry(entry, device)
+            try:
+                return _load_entry(entry, device)
+            except Exception as e:  # intact files that do not load (a model whose options do not survive JSON)
+                problem = f"it does not load: {type(e).__name__}: {e}"
         warnings.warn(f"run cache: entry {entry} is corrupt ({problem}); training it again", RuntimeWarning,
                       stacklevel=2)
         shutil.rmtree(entry, ignore_errors=True)
