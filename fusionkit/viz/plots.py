@@ -33,7 +33,7 @@ PALETTE_ALIASES = {"two-stream": "late", "two-stream (late)": "late", "late fusi
                    "rgb + flow": "fused", "spatial": "conv", "conv_fusion": "conv3d_pool3d"}
 # labels that are none of the above (ablation rows, variants) take these, in order, skipping any a
 # figure already uses
-EXTRA_COLOURS = ("#31a354", "#fd8d3c", "#756bb1", "#de9ed6", "#6baed6", "#e7ba52", "#ad494a", "#000000")
+EXTRA_COLOURS = ("#31a354", "#fd8d3c", "#6baed6", "#e7ba52", "#de9ed6", "#ad494a", "#756bb1", "#000000")
 
 
 ROLE_SUFFIXES = {"-r": "rgb", "-f": "flow"}  # a method's per-stream outputs take the stream's colour; "-s" its own
