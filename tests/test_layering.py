@@ -167,7 +167,7 @@ from fusionkit.training.schedules import SCHEDULES
 print(sorted(SCHEDULES))
 {loaded}
 print('conv' in FUSIONS and 'cma' in FUSIONS)
-""") == ["False", "['alternate', 'ccs', 'finetune', 'joint', 'separate', 'two_stage']", "True", "True"]
+""") == ["False", "['alternate', 'ccs', 'finetune', 'joint', 'separate', 'svm', 'two_stage']", "True", "True"]
     assert run(f"""
 import sys
 from fusionkit.fusion import FusionBlock, register_fusion

@@ -275,9 +275,10 @@ def reproduce(paper: str, number: int, dataset: str = "puzzles:registration", re
             config = _config(r, train_videos, "train", quick, epochs, dict(row.train), device=device)
             kwargs = {**_allowed(row.method, {**dict(r.model), **table.network}), **options}
             init = None
-            if method.pretrain == "late":
+            if method.pretrain == "late" or options.get("finetune") == "classifier":
                 init = late_run(row_backbone)["run"].models
-                kwargs["finetune"] = r.finetune or method.finetune
+                # what is fine-tuned: the row's own choice (Chi et al. §5.7: the classifiers), else the recipe's
+                kwargs["finetune"] = options.get("finetune") or r.finetune or method.finetune
             say(f"[{table.key}] {row.name}: {row.method}({', '.join(f'{k}={v}' for k, v in options.items())}), "
                 f"seeds {list(seeds)}")
             t0 = time.perf_counter()
@@ -322,7 +323,8 @@ def reproduce(paper: str, number: int, dataset: str = "puzzles:registration", re
     claims = [{**check_claim(c, ours), "paper": check_claim(c, table.paper_value)["holds"]} for c in table.claims]
     seconds = time.perf_counter() - wall
     report = {
-        "paper": table.paper, "citation": PAPERS[table.paper].citation, "table": table.number, "title": table.title,
+        "paper": table.paper, "citation": PAPERS[table.paper].citation, "table": table.number, "label": table.display_name,
+        "title": table.title,
         "dataset": dataset, "recipe": recipe, "quick": quick, "seeds": list(seeds), "backbone": backbone,
         "epochs_override": epochs, "note": note, "table_note": table.note,
         "data": data, "train_videos": train_videos, "num_classes": num_classes,
@@ -390,7 +392,7 @@ def markdown_report(report: dict) -> str:
     """The report as Markdown: rows with ours beside the paper's, the claims, what was not built."""
     columns = report["columns"]
     seeds = report["seeds"]
-    lines = [f"# {report['citation']}, Table {report['table']}", "",
+    lines = [f"# {report['citation']}, {report.get('label') or 'Table ' + str(report['table'])}", "",
              f"*{report['title']}.*", "",
              f"Ours: `{report['dataset']}`, recipe `{report['recipe']}`{' (--quick: tiny sizes, numbers meaningless)' if report['quick'] else ''}, "
              f"backbone `{report['backbone']}`, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), "

@@ -48,9 +48,22 @@ Choices where the paper leaves room (no public code exists, so here they are, al
 a D-dimension features vector through aggregation operation", giving z^f and z^o; §4.3 calls it
 the "shared features projection layer" / "shared full connection operation". We implement one
 fully connected layer whose *single set of weights* is applied to both streams, after averaging
-over positions and segments (element-wise average, the best aggregation of Fig. 5a). Sharing the
-layer is what puts both modalities in one space where Eq. 4 compares them. No normalisation: Eq. 4
-and 5 use plain squared Euclidean distances (``normalize=True`` projects z onto the unit sphere).
+over positions and aggregating the segments. Sharing the layer is what puts both modalities in one
+space where Eq. 4 compares them. No normalisation: Eq. 4 and 5 use plain squared Euclidean distances
+(``normalize=True`` projects z onto the unit sphere).
+
+**Aggregation over the segments** (:data:`AGGREGATIONS`, the ``aggregation`` option; Fig. 5a, §4.3
+"Effect of sequence features aggregation function"): the K segments' features (each averaged over
+its positions) become one video feature by element-wise average (``"mean"``, the default and the
+best of Fig. 5a on HMDB-51), element-wise maximum (``"max"``), element-wise multiplication
+(``"product"``) or concatenation (``"concat"``, K*C features into the shared layer, so the network
+is built for ``segments`` segments). The paper aggregates *features* (§3.3: "transformed into a
+D-dimension features vector through aggregation operation"), so here the aggregation comes before
+the shared layer and the classifiers read the aggregated embedding (:class:`CCSNet`). ``"mean"``
+keeps :class:`~fusionkit.models.two_stream.TwoStreamNet`'s consensus (each segment classified, the
+scores averaged), which is the same in evaluation: the shared layer and the classifier are affine.
+A test with more snippets than ``segments`` concatenates the means of ``segments`` consecutive
+groups of them (TSN's segments: the test snippets of one segment averaged).
 
 **Losses.** CCS. Each video gives an appearance embedding z^f and a motion embedding z^o (the shared block,
 :class:`fusionkit.methods.ccs.SharedEmbedding`); a batch holds ``[B, D]`` of each, row b of both
@@ -97,12 +110,14 @@ from torch import nn
 
 from fusionkit.fusion import FusionBlock, build_fusion, conv1x1, register_fusion
 from fusionkit.methods.recipe import Method, register_method
-from fusionkit.models.two_stream import TwoStreamNet, probe_backbone
+from fusionkit.models.two_stream import TwoStreamNet, TwoStreamOutput, late_fusion, probe_backbone
 from fusionkit.training.schedules import register_schedule
 from fusionkit.training.trainer import TrainConfig
 
-__all__ = ["ConnectionBlock", "SharedEmbedding", "inter_modality_triplet_loss", "hardest_pairs",
-           "discriminative_embedding_loss", "ccs_losses", "ccs_objective", "ccs"]
+__all__ = ["ConnectionBlock", "SharedEmbedding", "AGGREGATIONS", "CCSNet", "inter_modality_triplet_loss",
+           "hardest_pairs", "discriminative_embedding_loss", "ccs_losses", "ccs_objective", "ccs"]
+
+AGGREGATIONS = ("mean", "max", "product", "concat")  # how a video's segments become one feature (Fig. 5a)
 
 
 @register_fusion("ccs")
@@ -172,26 +187,50 @@ class ConnectionBlock(FusionBlock):
 
 
 class SharedEmbedding(nn.Module):
-    """The shared block's projection (§3.3): average a stream's features over positions (and
-    segments), then one fully connected layer ``C -> D``, the *same* layer for both streams:
-    ``z^f = embed(x^f)``, ``z^o = embed(x^o)`` with one module. Averaging before or after the layer
-    gives the same z (the layer is affine); averaging first is cheaper.
+    """The shared block's projection (§3.3): average a stream's features over positions, aggregate
+    the segments, then one fully connected layer ``-> D``, the *same* layer for both streams:
+    ``z^f = embed(x^f)``, ``z^o = embed(x^o)`` with one module. With the mean, averaging before or
+    after the layer gives the same z (the layer is affine); averaging first is cheaper.
 
     Args:
         channels: C, channels of both streams' final feature maps (they must match to share weights).
         dim: D, the embedding size.
         normalize: divide z by its L2 norm (not in the paper; off by default).
+        aggregation: how the segments become one feature (:data:`AGGREGATIONS`; Fig. 5a, see the
+            module docstring). ``"concat"`` feeds ``segments * C`` features to the layer.
+        segments: the number of segments concatenated (``"concat"`` only).
 
     ``forward(x, segments=1)``: x is ``[N, C]``, ``[N, C, H, W]`` or ``[N, C, T, H, W]`` with
     ``N = B * segments`` (TSN's snippets folded into the batch, video-major); returns ``[B, D]``.
     """
 
-    def __init__(self, channels: int, dim: int = 128, normalize: bool = False):
+    def __init__(self, channels: int, dim: int = 128, normalize: bool = False, aggregation: str = "mean",
+                 segments: int | None = None):
         super().__init__()
         if channels < 1 or dim < 1:
             raise ValueError(f"SharedEmbedding: channels and dim must be positive, got {channels}, {dim}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"SharedEmbedding: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if (aggregation == "concat") != (segments is not None) or (segments is not None and segments < 1):
+            raise ValueError(f"SharedEmbedding: aggregation='concat' needs segments (the number of segments "
+                             f"concatenated, >= 1) and no other aggregation takes it; got aggregation={aggregation!r}, "
+                             f"segments={segments!r}")
         self.channels, self.dim, self.normalize = channels, dim, normalize
-        self.fc = nn.Linear(channels, dim)
+        self.aggregation, self.segments = aggregation, segments
+        self.fc = nn.Linear(channels * (segments or 1), dim)
+
+    def aggregate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C]`` segment features -> ``[B, C]`` (``[B, segments * C]`` for ``"concat"``)."""
+        if self.aggregation == "mean":
+            return pooled.mean(1)
+        if self.aggregation == "max":
+            return pooled.amax(1)
+        if self.aggregation == "product":
+            return pooled.prod(1)
+        if pooled.shape[1] < self.segments:
+            raise ValueError(f"SharedEmbedding: aggregation='concat' concatenates {self.segments} segments, but the "
+                             f"videos come with {pooled.shape[1]} snippets; sample at least {self.segments}")
+        return torch.cat([g.mean(1) for g in torch.tensor_split(pooled, self.segments, dim=1)], dim=1)
 
     def forward(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
         if x.dim() not in (2, 4, 5) or x.shape[1] != self.channels:
@@ -200,13 +239,14 @@ class SharedEmbedding(nn.Module):
         if segments < 1 or x.shape[0] % segments:
             raise ValueError(f"SharedEmbedding: {x.shape[0]} feature rows cannot be split into videos of "
                              f"{segments} segments")
-        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x           # [B*T, C]: average over positions
-        pooled = pooled.view(-1, segments, self.channels).mean(1)      # [B, C]: average over segments
-        z = self.fc(pooled)
+        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x                    # [B*T, C]: average over positions
+        z = self.fc(self.aggregate(pooled.view(-1, segments, self.channels)))  # [B, D]: the segments aggregated
         return F.normalize(z, dim=-1) if self.normalize else z
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, dim={self.dim}, normalize={self.normalize}"
+        more = f", aggregation={self.aggregation!r}" if self.aggregation != "mean" else ""
+        more += f", segments={self.segments}" if self.segments is not None else ""
+        return f"channels={self.channels}, dim={self.dim}, normalize={self.normalize}{more}"
 
 
 # ---- ranking losses (§3.3, Eq. 4-6) -----------------------------------------------------------
@@ -349,8 +389,31 @@ def ccs_objective(**kwargs) -> Callable[[Mapping, torch.Tensor], dict[str, torch
 
 
 # ---- the network (Fig. 2) ------------------------------------------------------------------------
+class CCSNet(TwoStreamNet):
+    """The CCS network: a :class:`~fusionkit.models.two_stream.TwoStreamNet` whose shared block
+    aggregates each video's segments by ``embedding.aggregation`` (Fig. 5a) before the classifiers.
+    With ``"mean"`` it is TwoStreamNet's forward unchanged; otherwise each video's snippets are
+    aggregated into one embedding per stream, which each stream's classifier reads."""
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> TwoStreamOutput:
+        if self.embedding is None or self.embedding.aggregation == "mean":
+            return super().forward(rgb, flow)
+        if rgb.dim() != 5 or flow.dim() != 5 or rgb.shape[:2] != flow.shape[:2]:
+            raise ValueError(f"expected rgb [B, T, 3, H, W] and flow [B, T, 2L, H, W] with the same B and T, got "
+                             f"{tuple(rgb.shape)} and {tuple(flow.shape)}")
+        t = rgb.shape[1]
+        r, f = self.features(rgb.flatten(0, 1), flow.flatten(0, 1))
+        z = {"rgb": self.embedding(r, segments=t), "flow": self.embedding(f, segments=t)}
+        rgb_logits, flow_logits = self.rgb_head(z["rgb"][..., None, None]), self.flow_head(z["flow"][..., None, None])
+        roles = self.output_roles()
+        scores = {roles["rgb"]: rgb_logits, roles["flow"]: flow_logits,
+                  roles["fused"]: late_fusion(rgb_logits, flow_logits, self.rgb_weight)}
+        return TwoStreamOutput(scores, roles, heads=[roles["rgb"], roles["flow"]], extras={"embeddings": z})
+
+
 def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, fusion_options: dict | None = None,
-        shared_embedding: bool = True, **network) -> TwoStreamNet:
+        shared_embedding: bool = True, aggregation: str = "mean", segments: int | None = None,
+        **network) -> CCSNet:
     """Cooperative cross-stream network (Fig. 2): the connection block ``fusion`` after the last stage
     (``None`` leaves it out: Table 3's "CS" and baseline rows), then the shared block, one fully
     connected layer embedding both towers' features into D dimensions (:class:`SharedEmbedding`), and
@@ -360,14 +423,25 @@ def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, 
     ``shared_embedding=False`` leaves the shared block out, each stream's classifier on its own
     features (Table 3's baseline and CB rows, trained with ``ranking_losses=False``: the ranking
     losses compare the shared embeddings, which this network has none of). With ``fusion=None`` too
-    it is the plain two-stream network (outputs ``rgb``, ``flow``, ``ccs``)."""
+    it is the plain two-stream network (outputs ``rgb``, ``flow``, ``ccs``).
+
+    ``aggregation``: how the shared block aggregates a video's segments (:data:`AGGREGATIONS`, Fig. 5a);
+    ``"concat"`` needs ``segments``, the number of segments the network is trained on. Any other than
+    ``"mean"`` needs the shared block and a 2D backbone (a 3D one sees the segments as one clip)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"ccs: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     probe = probe_backbone(**network)
+    if aggregation != "mean" and (not shared_embedding or probe.dims == 3):
+        raise ValueError(f"ccs: aggregation={aggregation!r} aggregates the segments in the shared block: it needs "
+                         f"shared_embedding=True (got {shared_embedding}) and a 2D backbone (got {probe.dims}D)")
     c = probe.out_channels
     blocks = ({probe.stage_names[-1]: build_fusion(fusion, rgb_channels=c, flow_channels=c, **(fusion_options or {}))}
               if fusion is not None else {})
     embedding = SharedEmbedding(c, embedding_dim) if shared_embedding else None
-    return TwoStreamNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, embedding=embedding, method="ccs",
-                        **network)
+    net = CCSNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, embedding=embedding, method="ccs", **network)
+    if aggregation != "mean" or segments is not None:  # built after the classifiers: "mean" draws the same weights
+        net.embedding = SharedEmbedding(c, embedding_dim, aggregation=aggregation, segments=segments)
+    return net
 
 
 # Eq. 6 end to end, its margins and weights from TrainConfig.extra (keyword arguments of ccs_losses)
@@ -453,6 +527,27 @@ def _register_tables_and_recipes() -> None:
         recipe_method="ccs",
         note="The margins of Eq. 4-5 (TrainConfig.extra); the paper's 97.4 is CCS + TSN pretrained on ImageNet + "
              "Kinetics (Table 1)."))
+
+    columns5 = (Column("RGB+Flow", "fused", "HMDB51"),)
+    aggregations = (("Max", {"aggregation": "max"}), ("Average", {"aggregation": "mean"}),
+                    ("Multiplication", {"aggregation": "product"}),
+                    ("Concatenation", {"aggregation": "concat", "segments": 3}))
+    register_table(AblationTable(
+        "zhang2019", 5, "Fig. 5a: the performance of different feature aggregation functions (the element-wise "
+                        "maximum, average and multiplication of the segments' features, and their concatenation)",
+        columns5,
+        rows(columns5, *((name, "ccs", options, (None,),
+                          dict(note="3 segments concatenated: the recipes' training segments (a test with more "
+                                    "snippets concatenates the means of 3 consecutive groups)")
+                          if name == "Concatenation" else {}) for name, options in aggregations)),
+        claims=(Claim("The element-wise average of the sequence achieves the best result on HMDB-51",
+                      tuple(("Average", ">", other) for other in ("Max", "Multiplication", "Concatenation")),
+                      "HMDB51 RGB+Flow", source="§4.3, Fig. 5a"),),
+        recipe_method="ccs", label="Fig. 5a",
+        note="Fig. 5a only plots the four accuracies (a bar chart; the paper prints no numbers, and the text names "
+             "HMDB-51 only): the rows carry no paper numbers, and the claim is the text's. Registered as the "
+             "paper's table 5 (the paper has Tables 1-4): fusionkit reproduce zhang2019 --table 5. Each row is the "
+             "whole CCS network (All) with the aggregation of the shared block changed (§4.3)."))
 
     register_recipe(Recipe(
         "ccs", "teaching", teaching_config(20, batch_size=16, classes_per_batch=4, videos_per_class=4),

@@ -46,8 +46,10 @@ class Method:
     ``pretrain``: a method trained first whose weights initialise this one (tower and classifier
     parameters of matching name and shape), as Feichtenhofer et al. initialise fusion networks
     from separately trained streams; ``initialise`` limits the copy to parameters whose names start
-    with one of these prefixes (None: all that match). ``finetune``: ``"all"`` trains every layer
-    afterwards, ``"above_fusion"`` only the injected fusion layers and what follows them (their §3.5).
+    with one of these prefixes (None: all that match). ``finetune`` (:data:`FINETUNE`): ``"all"``
+    trains every layer afterwards, ``"above_fusion"`` only the injected fusion layers and what
+    follows them (Feichtenhofer et al. §3.5); ``"classifier"`` (any method, see :func:`run_method`)
+    only the last fully connected layer of each classifier (Chi et al. §5.7).
     """
 
     name: str
@@ -66,6 +68,7 @@ class Method:
 
 
 METHODS = Registry("method", provider="fusionkit.methods")
+FINETUNE = ("all", "above_fusion", "classifier")  # what a network started from trained weights trains (Method.finetune)
 
 
 def register_method(method: Method) -> Method:
@@ -165,7 +168,12 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     A method with ``pretrain`` starts from that method's trained weights: ``init_from`` (a trained
     model, e.g. shared by several fusion variants), or else it trains one first with
     ``pretrain_config`` (default: ``config``); ``finetune`` overrides the method's ``"all"`` /
-    ``"above_fusion"``. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
+    ``"above_fusion"``. ``finetune="classifier"`` (any method; Chi et al. §5.7, "we only fine-tune the
+    last fc layer of our 2-D CMA model"): every parameter of ``init_from`` (or of the method's
+    trained ``pretrain``) whose name and shape match is copied, not only ``Method.initialise``'s, and
+    only the last linear layer of each classifier trains, each on its own cross-entropy (the
+    ``finetune`` schedule: with the rest frozen there is no branch to alternate and no embedding for
+    a ranking loss to move); a classifier whose shape changed (new classes) starts afresh. ``val_set``: evaluated after every epoch (accuracies in the history). Returns ``(model, history, metrics)``; with ``out_dir``
     also writes ``run.json`` (what was run), the checkpoint and history (see
     :class:`fusionkit.training.trainer.Trainer`) and ``eval.json`` (and ``pretrain_history.json``, the epochs
     of the streams it trained first). Under torchrun every process trains and
@@ -178,9 +186,17 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         config, pretrain_config, finetune, model_kwargs = apply_recipe(
             method, recipe, len(train_set), config, pretrain_config, finetune, model_kwargs)
     model_kwargs, training_options = split_options(method, model_kwargs)
-    config = (config if config is not None else TrainConfig()).with_defaults({}, schedule=m.schedule)
+    finetune = finetune or m.finetune
+    if finetune not in FINETUNE:
+        raise ValueError(f"finetune must be one of {FINETUNE}, not {finetune!r}")
+    if finetune == "classifier" and m.pretrain is None and init_from is None:
+        raise ValueError(f"finetune='classifier' trains the classifiers of a trained network, and {method!r} starts "
+                         f"from none: give init_from (a trained model, e.g. load_run(...)[0])")
+    # finetune="classifier": each classifier on its own loss (see above), unless a training option picks its own
+    config = (config if config is not None else TrainConfig()).with_defaults(
+        {}, schedule="finetune" if finetune == "classifier" else m.schedule)
     if m.configure is not None:
-        config = m.configure(config, **training_options)
+        config = m.configure(config, **training_options)  # a training option may pick its own objective (svm)
     # the method's training defaults fill only the fields the caller did not set (TrainConfig.explicit):
     # TrainConfig(epochs=5) gets CCS's balanced batches, TrainConfig(classes_per_batch=0) plain ones
     config = config.with_defaults(m.train_defaults)
@@ -190,7 +206,7 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
     seed_everything(config.seed)  # the initial weights too (torch seeds each process differently otherwise)
     model = m.build(num_classes, backbone=backbone, **kwargs)
     pretrain_history = None
-    if m.pretrain is not None:
+    if m.pretrain is not None or finetune == "classifier":
         if init_from is None:
             shared = {k: v for k, v in kwargs.items()
                       if k in ("new_length", "dropout", "head_hidden", "widths", "pretrained", "head", "input_size")}
@@ -198,12 +214,11 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
             init_from, pretrain_history, _ = run_method(m.pretrain, train_set, None, num_classes, backbone=backbone,
                                                         config=pretrain_config or config, **shared)
             _log_phase(f"phase 2/2: {method} from the trained streams ({m.schedule} schedule)")
-        initialise_from(model, init_from, m.initialise)
-        finetune = finetune or m.finetune
-        if finetune not in ("all", "above_fusion"):
-            raise ValueError(f"finetune must be 'all' or 'above_fusion', not {finetune!r}")
+        initialise_from(model, init_from, None if finetune == "classifier" else m.initialise)
         if finetune == "above_fusion":
             model.freeze_below_fusion()
+        elif finetune == "classifier":
+            freeze_all_but_classifiers(model)
     writes = out_dir is not None and is_main_process()  # under torchrun, rank 0 writes the run folder
     if writes:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -220,6 +235,26 @@ def run_method(method: str, train_set: TwoStreamDataset, test_set: TwoStreamData
         if writes:
             atomic_write_text(Path(out_dir) / "eval.json", json.dumps(report, indent=1))
     return model, history, metrics
+
+
+def freeze_all_but_classifiers(model: TwoStreamNet) -> list[str]:
+    """Freeze everything but the last linear layer of each classifier (``finetune="classifier"``, Chi
+    et al. §5.7): the towers, the fusion blocks, any shared embedding and the classifiers' earlier
+    layers (``head_hidden``, VGG-M's fc6-fc7) get ``requires_grad=False`` and stay in eval mode, also
+    when the alternate schedule's :meth:`~fusionkit.models.two_stream.TwoStreamNet.train_branch` makes a
+    branch trainable (they join the modules it keeps frozen). Returns the trainable parameters' names."""
+    heads = [h for h in (model.rgb_head, model.flow_head) if h is not None]
+    last = [[m for m in h.modules() if isinstance(m, nn.Linear)][-1] for h in heads]
+    keep = {id(p) for m in last for p in m.parameters()}
+    frozen = [m for name, m in model.named_children() if m not in heads] + \
+        [m for h in heads for m in h.modules() if m not in last and any(True for _ in m.parameters(recurse=False))]
+    model.frozen_below_fusion = [*model.frozen_below_fusion, *frozen]
+    model.frozen.extend(frozen)
+    model.requires_grad_(False)
+    for m in last:
+        m.requires_grad_(True)
+    model.train(model.training)
+    return [name for name, p in model.named_parameters() if id(p) in keep]
 
 
 PRETRAIN_HISTORY = "pretrain_history.json"  # a method with `pretrain`: the history of the streams it started from

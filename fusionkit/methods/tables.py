@@ -186,7 +186,11 @@ class AblationTable:
     for relative counts). ``resolve``: ``(row, backbone name) -> options`` where a row's options
     depend on the backbone (Feichtenhofer's "ReLU3" is a stage of the backbone used), raising
     ValueError where the backbone has no such point. ``count_parameters``: ``(row, model) -> number``
-    in ``parameter_unit`` (default: all the model's parameters, in millions)."""
+    in ``parameter_unit`` (default: all the model's parameters, in millions). ``paper_network``: the
+    model options (and ``num_classes``) of the networks whose parameters the paper counts (two
+    VGG-M-2048 with their fc head on UCF-101, ResNet-50 on Kinetics), at which the test suite checks
+    each row's :attr:`AblationRow.parameters`. ``label``: how the paper names it where that is not
+    "Table N" (CCS's Fig. 5a is registered as its table 5: ``--table 5``)."""
 
     paper: str
     number: int
@@ -200,6 +204,8 @@ class AblationTable:
     resolve: Callable[[AblationRow, str], dict] | None = None
     count_parameters: Callable | None = None
     note: str = ""
+    paper_network: Mapping = field(default_factory=dict)
+    label: str = ""
 
     def __post_init__(self):
         problems = []
@@ -238,6 +244,11 @@ class AblationTable:
     @property
     def key(self) -> str:
         return f"{self.paper}-table{self.number}"
+
+    @property
+    def display_name(self) -> str:
+        """How the paper names it: ``"Table 3"``, or its :attr:`label` (``"Fig. 5a"``)."""
+        return self.label or f"Table {self.number}"
 
     def row(self, name: str) -> AblationRow:
         for r in self.rows:

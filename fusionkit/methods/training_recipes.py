@@ -44,7 +44,7 @@ class Recipe:
 
     ``train``: the method's own training (for a method started from trained streams, its second
     phase). ``pretrain``: the streams' training (None: the method has no such phase).
-    ``finetune``: ``"all"`` / ``"above_fusion"`` (None: the method's default). ``model``: model
+    ``finetune``: ``"all"`` / ``"above_fusion"`` / ``"classifier"`` (None: the method's default). ``model``: model
     options (dropout, head_hidden, embedding_dim, ...). ``data``: :data:`DATA_SETTINGS`. ``steps`` /
     ``lr_step_steps`` (and ``pretrain_``...): the paper's counts of SGD iterations, turned into
     epochs by :meth:`config`. ``notes``: setting -> where the paper says it, or "not stated: ...".
@@ -71,8 +71,11 @@ class Recipe:
         if unknown:
             raise ValueError(f"recipe {self.method}:{self.name}: unknown data setting(s) {unknown}; "
                              f"they are {DATA_SETTINGS}")
-        if self.finetune not in (None, "all", "above_fusion"):
-            raise ValueError(f"recipe {self.method}:{self.name}: finetune must be 'all' or 'above_fusion'")
+        from fusionkit.methods.recipe import FINETUNE
+
+        if self.finetune is not None and self.finetune not in FINETUNE:
+            raise ValueError(f"recipe {self.method}:{self.name}: finetune must be one of {FINETUNE} (or None: the "
+                             f"method's), got {self.finetune!r}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"recipe {self.method}:{self.name}: train must be a TrainConfig")
 

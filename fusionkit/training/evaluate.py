@@ -58,7 +58,8 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 8, device: str
             out = model(batch["rgb"], batch["flow"])
         roles = getattr(out, "roles", roles)
         for name, scores in out.items():
-            # score-level fusions return log-probabilities; softmax maps them back to themselves
+            # score-level fusions return log-probabilities, which softmax maps back to themselves, or averaged
+            # class scores (Feichtenhofer's FC8 average, score_fusion="logits"), whose softmax is taken as any logits'
             probs.setdefault(name, []).append(scores.float().softmax(-1).cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
         ids.extend(batch["video_id"])

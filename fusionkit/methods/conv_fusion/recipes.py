@@ -33,6 +33,8 @@ PAPER_NOTES = {
     "finetune": "above_fusion: 'We only propagate back to the injected fusion layer, since full backpropagation did "
                 "not result in an improvement' (§3.5)",
     "dropout": "not stated for fine-tuning: kept the streams' 0.85",
+    "score_fusion": "logits: the two towers' FC8 outputs averaged at test, not their softmax (Table 4's caption, "
+                    "Table 2's ReLU5 + FC8); the teaching recipe keeps the softmax average",
     "init": "conv fusion initialised by identity matrices that sum the two networks (§3.5, §4.2): the blocks' default",
     "backbone": "two VGG-M-2048 (Tables 1-2: --backbone vggm2048), VGG-16 (Tables 3-5: vgg16); the S: VGG-16 / "
                 "T: VGG-M mix of Table 4 is not buildable (one backbone for both towers)",
@@ -46,12 +48,13 @@ def register() -> None:
         notes=TEACHING_NOTES))
     register_recipe(Recipe(
         "spatial", "paper", PAPER_FINETUNE, pretrain=PAPER_STREAMS, pretrain_steps=20_000, finetune="above_fusion",
-        model={"dropout": 0.85},
+        model={"dropout": 0.85, "score_fusion": "logits"},
         data={"segments": 1, "test_segments": 5, "new_length": 10, "input_size": 224,
               "sampling": "not stated for the spatially fused networks (Tables 1-2): one frame and its flow stack per "
                           "video, as the streams ([22])",
               "test_protocol": "T = 5 frames and their horizontal flips, fully convolutional on the whole frame "
-                               "(§3.5); fusionkit tests centre crops without the flips"},
+                               "(§3.5); fusionkit tests centre crops without the flips. With both towers kept "
+                               "(ReLU5 + FC8) their FC8 outputs are averaged (score_fusion='logits')"},
         source="Feichtenhofer et al. 2016 §3.5", notes=PAPER_NOTES))
     register_recipe(Recipe(
         "conv_fusion", "teaching", teaching_config(20, weight_decay=1e-4), pretrain=STREAMS, finetune="all",
@@ -61,13 +64,13 @@ def register() -> None:
                                              "paper recipe's"}))
     register_recipe(Recipe(
         "conv_fusion", "paper", PAPER_FINETUNE, pretrain=PAPER_STREAMS, pretrain_steps=20_000, finetune="above_fusion",
-        model={"dropout": 0.85},
+        model={"dropout": 0.85, "score_fusion": "logits"},
         data={"segments": 5, "test_segments": 5, "new_length": 10, "input_size": 224,
               "sampling": "T = 5 frame stacks tau frames apart from a random start, tau random in [1, 10] in training "
                           "(§3.5: 15-50 frames); width and height jittered by +-25% and rescaled to 224, the same crop "
                           "for every frame of a stack",
               "test_protocol": "T = 5 frames and their flips, fully convolutional; the FC8 outputs of both towers "
-                               "averaged (§3.4, Table 4 caption); fusionkit's -S averages their softmax scores"},
+                               "averaged (§3.4, Table 4 caption): score_fusion='logits'"},
         source="Feichtenhofer et al. 2016 §3.4-3.5",
         notes={**PAPER_NOTES,
                "losses": "both towers' losses, the prediction layers not fused in training (§3.4-3.5): the "
