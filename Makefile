@@ -15,7 +15,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench book clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml
 # Builds the puzzles and their flow, then executes every notebook at teaching parameters.
 run: $(STAMP)
 	$(VENV)/bin/fusionkit run-notebooks --out build
+
+# Renders make run's executed notebooks (build/*.ipynb) as a static site in build/book/html, without executing
+# them (fusionkit/lab/book.py); no network. `fusionkit book --smoke` builds a test book from SMOKE=True runs.
+book: $(STAMP)
+	$(VENV)/bin/fusionkit book
 
 test: $(STAMP)
 	$(PY) -m pytest

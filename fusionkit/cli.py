@@ -424,6 +424,23 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _book(args) -> int:
+    from fusionkit.lab.book import build_book, execute_smoke
+
+    if args.smoke:
+        print(f"executing the series at SMOKE=True into {args.out}/smoke (a test book: its numbers mean nothing)")
+    executed, figures = execute_smoke(f"{args.out}/smoke") if args.smoke else (args.executed, args.figures)
+    index, book = build_book(args.out, executed, figures)
+    for warning in book.warnings:
+        print(f"fusionkit book: warning: {warning}", file=sys.stderr)
+    for name, cells in book.removed_solutions.items():
+        print(f"{name}: {cells} solution cell{'s' * (cells > 1)} left out")
+    for page, paths in book.unlinked.items():
+        print(f"{page}: links to {', '.join(sorted(set(paths)))} shown as paths (files of the repository, not the book)")
+    print(f"wrote the book to {index.parent}; open {index}")
+    return 0
+
+
 def _run_notebooks(args) -> int:
     from fusionkit.lab.run_notebooks import run_notebooks
 
@@ -712,6 +729,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, seconds per notebook")
     p.add_argument("--workers", type=int, default=2, help="processes preparing the puzzles")
     p.set_defaults(func=_run_notebooks)
+
+    p = command("book", "render the executed notebooks (make run's, in build/) as a static HTML site, without "
+                        "executing them: the series, the benchmark, the figures, the assignments' student versions")
+    p.add_argument("--executed", default=str(PROJECT_ROOT / "build"), help="folder of the executed notebooks")
+    p.add_argument("--figures", default=str(PROJECT_ROOT / "figures"), help="figures and results of that run")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "build" / "book"), help="writes <out>/src (Sphinx source) "
+                                                                                "and <out>/html (the site)")
+    p.add_argument("--smoke", action="store_true", help="first execute the series at SMOKE=True into <out>/smoke "
+                                                        "and build from those (minutes; to test the book)")
+    p.set_defaults(func=_book)
 
     p = command("bench", "train every fusion method on every puzzle over seeds: table + heatmap")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one seed, three puzzles (seconds per job)")
