@@ -73,7 +73,7 @@ import importlib
 _EXPORTS = {
     "check_block": "check", "CheckReport": "check", "CheckResult": "check", "CHECKS": "check",
     "register_check": "check", "TrainingCheck": "check", "CheckFailed": "check",
-    "release_notebook": "notebooks", "grade_notebook": "notebooks",
+    "release_notebook": "notebooks", "grade_notebook": "notebooks", "assignment_check_options": "notebooks",
     "add_assignment_parser": "commands",
 }
 __all__ = sorted(_EXPORTS)

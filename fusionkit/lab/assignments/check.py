@@ -8,7 +8,8 @@ check and keeps the student's part of the traceback (the checker's own frames ar
 never stops the checker. The random states of ``random``, NumPy and torch are restored afterwards,
 so running the checker in a notebook does not change what the notebook computes next.
 
-The checks (default points in brackets; 14 in all):
+The checks (default points in brackets; 15 in all, ``own_design`` not counted: it runs only where
+an assignment names it):
 
 - ``contract`` [1]: a :class:`~fusionkit.fusion.FusionBlock` subclass, registered with
   ``@register_fusion`` under its name, overriding ``fuse`` (not ``forward``, which does the shape
@@ -31,6 +32,11 @@ The checks (default points in brackets; 14 in all):
   required, whatever the class says. A block that claims nothing passes (nothing to check).
 - ``deterministic`` [1]: built twice after the same seed, the blocks have equal parameters and
   give equal outputs (also on a second call: no hidden state).
+- ``independent_samples`` [1]: each sample's outputs depend on that sample alone. In eval mode
+  (perturbed parameters; eval so that BatchNorm's batch statistics, the one accepted mixing, are
+  off), changing sample 0 of a batch of 3 leaves samples 1 and 2 unchanged, and each sample run
+  alone gives what it gives in the batch. A block that adds ``flow.mean(0)`` passes every other
+  check and fails this one: it leaks one video's motion into another's features.
 - ``no_inplace`` [1]: the input tensors are neither changed nor written to in place (the towers
   reuse them, and autograd needs them).
 - ``trains`` [4]: a two-stream network with the block after ``stage1`` of a small ``tiny`` backbone
@@ -46,15 +52,26 @@ The checks (default points in brackets; 14 in all):
   on an idle 2-core CPU. Timing is a ratio because seconds are not comparable: the same epoch took 1.4 to 15 s on
   this shared machine as other jobs came and went.
 
+- ``own_design`` [3; off by default, a2 names it]: the block is not a renamed copy of a library
+  block (:func:`library_blocks`): its ``fuse`` code (as an AST, docstring and comments ignored) is
+  not a library block's, and with its (perturbed) weights copied into a library block of the same
+  tensor sizes the two give different outputs on random 2D and 3D maps. A copy earns none of its
+  points. What it cannot see: a re-implementation with another weight layout (A1's conv fusion
+  stacks ``[x^a; x^b]`` where the library interleaves, Eq. 3) computes the same function family
+  without the same weights; the a2 rubric, graded by hand, covers that.
+
 Instructors add a check with :func:`register_check`; a check is a function of a
 :class:`BlockUnderTest` that returns a message when it passes and raises :class:`CheckFailed`
 when it does not.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
+import inspect
 import random
+import textwrap
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -130,13 +147,17 @@ class CheckReport:
         return cls(d["subject"], [CheckResult(**r) for r in d["results"]], extra)
 
     def __str__(self) -> str:
+        manual = self.extra.get("manual", [])  # a graded notebook's manually graded answers
         width = max((len(r.name) for r in self.results), default=4)
-        lines = [f"{self.subject}: {self.score:g} / {self.max_score:g} points"]
+        lines = [f"{self.subject}: {self.score:g} / {self.max_score:g} points"
+                 + (f" (automatic; {sum(m['points'] for m in manual):g} more points need manual grading)" if manual else "")]
         for r in self.results:
             mark = "PASS" if r.passed else "FAIL"
             lines.append(f"  {mark} {r.name:<{width}} {r.points:g}/{r.max_points:g}  {r.message}")
             if r.traceback and not r.passed:
                 lines += ["      " + line for line in r.traceback.rstrip().splitlines()]
+        for m in manual:
+            lines.append(f"  TODO {m['grade_id']:<{width}} ?/{m['points']:g}  {m['status']} (rubric in the instructor's notebook)")
         return "\n".join(lines)
 
 
@@ -246,12 +267,21 @@ def shape(x: torch.Tensor) -> list[int]:
 
 
 def maps(rgb_channels: int, flow_channels: int, size: Sequence[int], dtype=torch.float32,
-         requires_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of 2 fixed random feature maps per stream with ``size`` = (H, W) or (T, H, W)."""
+         requires_grad: bool = False, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of ``batch`` fixed random feature maps per stream with ``size`` = (H, W) or (T, H, W)."""
     g = torch.Generator().manual_seed(0)
-    rgb = torch.randn(2, rgb_channels, *size, generator=g, dtype=dtype).requires_grad_(requires_grad)
-    flow = torch.randn(2, flow_channels, *size, generator=g, dtype=dtype).requires_grad_(requires_grad)
+    rgb = torch.randn(batch, rgb_channels, *size, generator=g, dtype=dtype).requires_grad_(requires_grad)
+    flow = torch.randn(batch, flow_channels, *size, generator=g, dtype=dtype).requires_grad_(requires_grad)
     return rgb, flow
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def tolerance(reference: torch.Tensor) -> float:
+    """What float32 rounding may move an output by: 1e-5 of its scale (at least 1e-5)."""
+    return 1e-5 * max(1.0, float(reference.abs().max()) if reference.numel() else 0.0)
 
 
 @torch.no_grad()
@@ -270,17 +300,20 @@ class Check:
     name: str
     points: float  # default points
     run: Callable[[BlockUnderTest], str]
+    by_default: bool = True  # run when no checks are named; False: only when an assignment names it
 
 
 CHECKS = Registry("block check")
 
 
-def register_check(name: str, points: float):
+def register_check(name: str, points: float, by_default: bool = True):
     """Decorator adding a check ``fn(block_under_test) -> pass message`` (raising :class:`CheckFailed`
-    on failure) to :data:`CHECKS` with its default ``points``; its docstring says what it checks."""
+    on failure) to :data:`CHECKS` with its default ``points``; its docstring says what it checks.
+    ``by_default=False``: the check runs only where it is named (``own_design``: a1 asks for a copy
+    of conv fusion, a2 forbids one)."""
 
     def wrap(fn: Callable[[BlockUnderTest], str]) -> Callable[[BlockUnderTest], str]:
-        CHECKS.register(name)(Check(name, points, fn))
+        CHECKS.register(name)(Check(name, points, fn, by_default))
         return fn
 
     return wrap
@@ -473,6 +506,52 @@ def check_deterministic(b: BlockUnderTest) -> str:
     return "equal parameters and outputs from the same seed; no state carried between calls"
 
 
+@register_check("independent_samples", 1)
+def check_independent_samples(b: BlockUnderTest) -> str:
+    """Each sample's outputs depend on that sample alone (eval mode, perturbed parameters)."""
+    block = perturb(b.build(8, 8), b.seed).eval()  # eval: BatchNorm's batch statistics are the one accepted mixing
+    mixing = ("the block mixes the videos of a batch (a mean, sum, max or softmax over dim 0, or a reshape/view "
+              "that merges the batch with other dimensions): a video's features must depend on that video "
+              "alone, so reduce over channels, space or time (dims 1 and up), never over dim 0")
+    worst, g, skipped = 0.0, torch.Generator().manual_seed(b.seed + 2), ""
+    for size in ((5, 5), (2, 4, 4)):
+        rgb, flow = maps(8, 8, size, batch=3)
+        where = f"{len(size)}D maps, a batch of 3, eval mode"
+        with torch.no_grad():
+            try:
+                batched = b.run(block, rgb.clone(), flow.clone())
+            except CheckFailed:
+                if len(size) == 2:
+                    raise
+                skipped = " (3D maps not tried: the block fails on them, the shapes check says why)"
+                break
+            if not all(torch.equal(y, z) for y, z in zip(batched, b.run(block, rgb.clone(), flow.clone()))):
+                raise CheckFailed(f"the same batch gives different outputs on a second call ({where}), so what "
+                                  f"the other samples do cannot be told apart: make the output a function of the "
+                                  f"inputs and parameters only (the deterministic check says more)")
+            rgb_moved, flow_moved = rgb.clone(), flow.clone()
+            rgb_moved[0] += torch.randn(rgb[0].shape, generator=g)
+            flow_moved[0] += torch.randn(flow[0].shape, generator=g)
+            moved = b.run(block, rgb_moved, flow_moved)
+            for stream, y, z in zip(("rgb", "flow"), batched, moved):
+                diff = max_difference(y[1:], z[1:])
+                worst = max(worst, diff)
+                if diff > tolerance(y):
+                    raise CheckFailed(f"changing sample 0 of the batch changes the {stream} output of samples 1 "
+                                      f"and 2 by up to {diff:.3g} ({where}): {mixing}")
+            for i in range(3):
+                alone = b.run(block, rgb[i:i + 1].clone(), flow[i:i + 1].clone())
+                for stream, y, z in zip(("rgb", "flow"), batched, alone):
+                    diff = max_difference(y[i:i + 1], z) if y[i:i + 1].shape == z.shape else float("inf")
+                    worst = max(worst, diff)
+                    if diff > tolerance(y):
+                        raise CheckFailed(f"sample {i} run on its own gives a {stream} output that differs by up "
+                                          f"to {diff:.3g} from the same sample run in a batch of 3 ({where}): "
+                                          f"the output depends on the batch it comes in; {mixing}")
+    return (f"each sample's outputs depend on that sample alone (perturbing one leaves the others unchanged; "
+            f"batched and one-by-one outputs agree to {worst:.1g}; 2D and 3D maps, eval mode){skipped}")
+
+
 @register_check("no_inplace", 1)
 def check_no_inplace(b: BlockUnderTest) -> str:
     """The inputs are not modified in place."""
@@ -550,6 +629,93 @@ def check_trains(b: BlockUnderTest) -> str:
                       f"through at all")
 
 
+def library_blocks() -> dict[str, type]:
+    """The registered fusion blocks that fusionkit itself defines (not students', not tests')."""
+    return {name: cls for name, cls in sorted(FUSIONS.items()) if cls.__module__.startswith("fusionkit.")}
+
+
+def fuse_source(cls: type) -> str | None:
+    """``cls.fuse``'s code as an AST dump without its docstring (so comments, blank lines and the
+    docstring do not tell two copies apart), or None when its source cannot be read."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.fuse)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    function = tree.body[0]
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        function.body = body[1:]
+    return ast.dump(function, annotate_fields=False)
+
+
+@torch.no_grad()
+def copy_state(source: torch.nn.Module, target: torch.nn.Module) -> bool:
+    """Copy ``source``'s floating-point parameters and buffers into ``target``'s, matched in order by
+    size (reshaped where the layouts differ, e.g. a ``[D, 2D]`` matrix into a ``[D, 2D, 1, 1]`` conv);
+    False, copying nothing, when the two do not hold tensors of the same sizes."""
+    def tensors(module):
+        return [t for t in module.state_dict().values() if t.is_floating_point()]
+
+    theirs, ours = tensors(source), tensors(target)
+    if sorted(t.numel() for t in theirs) != sorted(t.numel() for t in ours):
+        return False
+    unused = list(theirs)
+    for t in ours:
+        match = next(x for x in unused if x.numel() == t.numel())
+        unused.remove(match)
+        t.copy_(match.reshape(t.shape))
+    return True
+
+
+def same_function(b: BlockUnderTest, block: FusionBlock, library: FusionBlock) -> float | None:
+    """The largest output difference between ``block`` and ``library`` (weights already shared) on
+    random 2D and 3D maps in eval mode, or None when their outputs differ in shape or beyond rounding."""
+    worst = 0.0
+    for size in ((5, 5), (2, 4, 4)):
+        rgb, flow = maps(8, 8, size)
+        with torch.no_grad():
+            mine = b.run(block, rgb.clone(), flow.clone())
+            try:
+                theirs = library(rgb.clone(), flow.clone())
+            except Exception:  # the library block does not take these maps: not the same function
+                return None
+        for y, z in zip(mine, theirs):
+            if y.shape != z.shape or max_difference(y, z) > tolerance(z):
+                return None
+            worst = max(worst, max_difference(y, z))
+    return worst
+
+
+@register_check("own_design", 3, by_default=False)
+def check_own_design(b: BlockUnderTest) -> str:
+    """Not a renamed copy of a library block: neither its fuse code nor, with weights copied, its outputs."""
+    block = perturb(b.build(8, 8), b.seed).eval()
+    library = library_blocks()
+    if b.cls.__module__.startswith("fusionkit.") or b.cls in library.values():
+        raise CheckFailed(f"{b.label} is fusionkit's own block: design a block of your own")
+    no_points = ("a renamed copy of a library block earns no design points: design a block of your own (the ideas "
+                 "in section 1, or yours) and say in the rationale what it does that {name!r} does not")
+    mine = fuse_source(b.cls)
+    for name, cls in library.items():
+        if mine is not None and mine == fuse_source(cls):
+            raise CheckFailed(f"{b.label}.fuse is the code of the library's {name!r} block ({cls.__name__}.fuse): "
+                              + no_points.format(name=name))
+        try:
+            reference = build_fusion(name, rgb_channels=8, flow_channels=8).eval()
+        except Exception:  # needs options, or other channel counts: not comparable here
+            continue
+        if not copy_state(block, reference):
+            continue
+        worst = same_function(b, block, reference)
+        if worst is not None:
+            raise CheckFailed(f"{b.label} computes what the library's {name!r} block ({cls.__name__}) computes: with "
+                              f"its weights copied into {name!r}, the outputs on random 2D and 3D maps agree to "
+                              f"{worst:.1g}; " + no_points.format(name=name))
+    return (f"not a copy of any of the {len(library)} library blocks (fuse's code differs, and so do the outputs "
+            f"wherever the weights could be copied)")
+
+
 # --- the entry point -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def preserved_random_state() -> Iterator[None]:
@@ -580,7 +746,7 @@ def select_checks(checks: Sequence[str] | Mapping[str, float] | None) -> list[tu
     """The checks to run with their points: all registered (default points), the named ones
     (default points), or a mapping name -> points."""
     if checks is None:
-        return [(c, c.points) for c in CHECKS.values()]
+        return [(c, c.points) for c in CHECKS.values() if c.by_default]
     if isinstance(checks, Mapping):
         return [(CHECKS.lookup(name), float(points)) for name, points in checks.items()]
     return [(CHECKS.lookup(name), CHECKS.lookup(name).points) for name in checks]
@@ -592,8 +758,8 @@ def check_block(block: str | type, checks: Sequence[str] | Mapping[str, float] |
     """Run ``block`` (a registered name, or the class) through the checks and report each one.
 
     Args:
-        checks: which checks, by name (default points) or as ``{name: points}``; default: all of
-            :data:`CHECKS` in their order.
+        checks: which checks, by name (default points) or as ``{name: points}``; default: those of
+            :data:`CHECKS` that run by default (all but ``own_design``), in their order.
         fusion_options: extra constructor arguments, e.g. ``{"init": "identity"}`` for the library's
             ``conv`` block.
         starts_as: require this initialisation (``"identity"`` or a registered block's name), in

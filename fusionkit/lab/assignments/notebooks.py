@@ -11,6 +11,11 @@ file works with nbgrader itself (schema version 3 cell metadata, nbgrader's deli
   error and without writing to stderr (nbgrader's rule), and earns its points, all or nothing.
   Lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed from the
   student version and put back for grading;
+- a **manually graded answer** (``"grade": true, "solution": true, "points": p``, nbgrader's
+  "manually graded answer" cell, markdown or code) holds the instructor's rubric and model answer
+  in the source; the student version replaces it by ``YOUR ANSWER HERE``. Grading does not score
+  it: the report lists it under ``manual`` as "needs manual grading", with its points and the
+  student's answer, and the automatic score is out of the automatic points only;
 - **locked** cells (tests, and ``"locked": true`` instructions) are restored from the source before
   grading, whatever the student did to them; a deleted test cell earns nothing.
 
@@ -44,6 +49,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import nbformat
 from nbformat import NotebookNode
@@ -76,6 +82,11 @@ def is_solution(cell: NotebookNode) -> bool:
 
 def is_test(cell: NotebookNode) -> bool:
     return bool(nbgrader(cell).get("grade", False)) and not is_solution(cell)
+
+
+def is_manual(cell: NotebookNode) -> bool:
+    """nbgrader's manually graded answer: a solution cell that is also graded (by a person, by rubric)."""
+    return bool(nbgrader(cell).get("grade", False)) and is_solution(cell)
 
 
 def is_locked(cell: NotebookNode) -> bool:
@@ -128,9 +139,9 @@ def validate_source(nb: NotebookNode, path: str | os.PathLike) -> None:
         if not grade_id or grade_id in seen:
             raise AssignmentError(f"{where}: nbgrader cells need a unique, non-empty grade_id (got {grade_id!r})")
         seen.add(grade_id)
-        if meta.get("grade") and is_solution(cell):
-            raise AssignmentError(f"{where} ({grade_id}): manually graded answers are not supported by this "
-                                  f"autograder; make it a solution cell checked by a test cell")
+        if is_manual(cell) and not float(meta.get("points", 0)) > 0:
+            raise AssignmentError(f"{where} ({grade_id}): a manually graded answer needs points > 0 (nbgrader's "
+                                  f"\"points\" in its metadata)")
         if is_test(cell) and (cell.cell_type != "code" or not float(meta.get("points", 0)) > 0):
             raise AssignmentError(f"{where} ({grade_id}): a test cell must be a code cell with points > 0")
 
@@ -203,10 +214,44 @@ def restore_locked_cells(submission: NotebookNode, source: NotebookNode) -> list
     return missing
 
 
+def manual_answers(submission: NotebookNode, source: NotebookNode) -> list[dict]:
+    """The source's manually graded answers, each with its points and the student's answer, for the
+    report's ``manual`` list: a person grades them by the rubric in the source's cell."""
+    by_id = {nbgrader(c).get("grade_id"): c for c in submission.cells if nbgrader(c).get("grade_id")}
+    out = []
+    for cell in filter(is_manual, source.cells):
+        grade_id = nbgrader(cell)["grade_id"]
+        answer = by_id[grade_id].source.strip() if grade_id in by_id else ""
+        stub = "\n".join(TEXT_STUB if cell.cell_type == "markdown" else CODE_STUB)
+        status = ("missing from the submission (deleted?)" if grade_id not in by_id else
+                  "not answered (the stub is still there)" if not answer or answer == stub else "needs manual grading")
+        out.append({"grade_id": grade_id, "points": float(nbgrader(cell)["points"]), "status": status,
+                    "answer": answer})
+    return out
+
+
+def check_options(config: dict, skip: Sequence[str] = ()) -> dict:
+    """:func:`~fusionkit.lab.assignments.check.check_block`'s keyword arguments from an assignment's
+    ``check_block`` metadata, with the checks and their points spelled out and those in ``skip`` left out."""
+    from fusionkit.lab.assignments.check import select_checks
+
+    options = {k: v for k, v in config.items() if k != "block"}
+    options["checks"] = {check.name: points for check, points in select_checks(config.get("checks"))
+                         if check.name not in skip}
+    return options
+
+
+def assignment_check_options(assignment: str, skip: Sequence[str] = ()) -> dict:
+    """What grading passes to ``check_block`` for ``assignment`` (its source notebook's metadata),
+    without the checks in ``skip``: the notebook checks the block as it will be graded."""
+    nb = read_notebook(ASSIGNMENTS_DIR / f"{assignment}.ipynb")
+    return check_options(nb.metadata.get("fusionkit", {}).get("check_block", {}), skip)
+
+
 def grading_cell(config: dict) -> NotebookNode:
     """The cell appended to a submission: check the student's block in their kernel and print the
     report as one marked JSON line."""
-    options = {k: v for k, v in config.items() if k != "block"}
+    options = check_options(config)
     source = (f"import json as _fk_json\n"
               f"from fusionkit.lab.assignments.check import check_block as _fk_check_block\n"
               f"_fk_report = _fk_check_block({config['block']}, **_fk_json.loads({json.dumps(options)!r}))\n"
@@ -278,7 +323,8 @@ def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | No
 
     ``figures_dir``: where the notebook saves figures and results (default: a temporary folder, so
     grading never overwrites the course's figures). Returns the
-    :class:`~fusionkit.lab.assignments.check.CheckReport` (test cells first, then block checks).
+    :class:`~fusionkit.lab.assignments.check.CheckReport` (test cells first, then block checks; its
+    score is out of these automatic points), with the manually graded answers under ``extra["manual"]``.
     """
     from fusionkit.lab.assignments.check import CheckReport, CheckResult
 
@@ -313,12 +359,14 @@ def grade_notebook(submission: str | os.PathLike, source: str | os.PathLike | No
                                    kind="notebook test"))
     if config:
         results += block_results(ran, config, stopped)
+    manual = manual_answers(student, reference)
     cell_errors = [{"cell": i, "grade_id": nbgrader(c).get("grade_id"), "error": err[0]}
                    for i, c in enumerate(ran.cells) if c.cell_type == "code" and (err := cell_error(c))]
     out = Path(out) if out is not None else submission.with_suffix(".grade.json")
     report = CheckReport(submission.name, results, {
         "assignment": reference.metadata.get("fusionkit", {}).get("assignment", source.stem),
         "source": str(source), "executed": str(executed), "report": str(out), "smoke": smoke, "stopped": stopped,
-        "cell_errors": cell_errors, "seconds": round(time.perf_counter() - start, 1)})
+        "cell_errors": cell_errors, "manual": manual, "manual_points": sum(m["points"] for m in manual),
+        "seconds": round(time.perf_counter() - start, 1)})
     atomic_write_text(out, json.dumps(report.to_dict(), indent=1))
     return report
