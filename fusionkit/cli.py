@@ -457,8 +457,7 @@ def _bench(args) -> int:
     settings = QUICK if args.quick else TEACHING
     overrides = {k: tuple(v) for k, v in (("puzzles", args.puzzles), ("seeds", args.seeds),
                                           ("data_seeds", args.data_seeds)) if v}
-    if args.test_groups is not None:
-        overrides["test_groups"] = args.test_groups
+    overrides.update({k: getattr(args, k) for k in ("test_groups", "size") if getattr(args, k) is not None})
     settings = replace(settings, **overrides)
     entries = tuple(args.methods or DEFAULT_ENTRIES) + tuple(args.blocks or ())
     report = run_benchmark(entries, settings, data_dir=args.data, work_dir=args.work_dir, workers=args.workers,
@@ -752,6 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="renders of each puzzle, e.g. --data-seeds 0 1; every (data seed, seed) is a run (default 0)")
     p.add_argument("--test-groups", type=int, help="groups of 3 clips per class held out for testing (default 9 of 16: "
                         "27 test videos per class; --quick: about 30%%)")
+    p.add_argument("--size", type=int, help="frame size (default 32; the notebooks' 64 costs about 2.5x per job: "
+                        "docs/performance.md)")
     p.add_argument("--no-cache", action="store_true", help="train every run, without the run cache "
                         "(python -m fusionkit.lab.run_cache clear empties it)")
     p.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")

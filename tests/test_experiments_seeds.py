@@ -128,10 +128,11 @@ def test_bench_command_takes_explicit_seed_lists(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "run_benchmark", capture)
     with pytest.raises(SystemExit):
-        main(["bench", "--seeds", "0", "2", "5", "--data-seeds", "0", "1", "--test-groups", "4", "--no-cache",
+        main(["bench", "--seeds", "0", "2", "5", "--data-seeds", "0", "1", "--test-groups", "4", "--size", "64", "--no-cache",
               "--data", str(tmp_path), "--quiet"])
     s = seen["settings"]
-    assert s.seeds == (0, 2, 5) and s.data_seeds == (0, 1) and s.test_groups == 4 and seen["cache"] is False
+    assert s.seeds == (0, 2, 5) and s.data_seeds == (0, 1) and s.test_groups == 4 and s.size == 64
+    assert seen["cache"] is False
     with pytest.raises(SystemExit):
         main(["bench", "--quick", "--data", str(tmp_path), "--quiet"])
     assert seen["settings"] == bench.QUICK and seen["cache"] is None
