@@ -209,6 +209,7 @@ def _assert_apart(boxes):
 
 def test_palette_gives_a_method_one_colour_in_every_figure():
     assert palette_key("two-stream (late)") == palette_key("late") == "late"
+    assert palette_key("CMA iter1") == "cma" and palette_key("non-local RGB") == "nonlocal"
     assert palette_key("cma-S") == "cma" and palette_key("cma-R") == "rgb" and palette_key("non-local") == "nonlocal" and palette_key("SUM") == "sum"
     bars = plot_accuracy_bars({"p": {"late": {"mean": 0.5, "std": 0}, "conv": {"mean": 1.0, "std": 0}}}, ["late", "conv"])
     sweep = {"rgb_weight": [0, 0.5, 1], "top1": [0.3, 0.6, 0.4]}

@@ -40,14 +40,18 @@ ROLE_SUFFIXES = {"-r": "rgb", "-f": "flow"}  # a method's per-stream outputs tak
 
 
 def palette_key(label: str) -> str:
-    """The :data:`METHOD_COLOURS` key of a plotted label: lower case, aliases resolved, and a
-    method's output named by its role suffix: ``cma-R`` is the RGB stream's colour, ``cma-F`` the
-    flow's, ``cma-S`` (the fused score) the method's own. Labels that name nothing in the palette
-    come back normalised but unknown."""
+    """The :data:`METHOD_COLOURS` key of a plotted label: lower case, aliases resolved, a method's
+    output named by its role suffix (``cma-R`` is the RGB stream's colour, ``cma-F`` the flow's,
+    ``cma-S``, the fused score, the method's own), and a variant whose first word is a method
+    (``CMA iter1``, ``conv after stem``) that method. Labels that name nothing in the palette come
+    back normalised but unknown."""
     key = label.strip().lower()
     key = PALETTE_ALIASES.get(key, key)
     if key not in METHOD_COLOURS and key[-2:] in ("-r", "-f", "-s") and key[:-2] in METHOD_COLOURS:
         key = ROLE_SUFFIXES.get(key[-2:], key[:-2])
+    first = PALETTE_ALIASES.get(key.split(" ")[0], key.split(" ")[0])
+    if key not in METHOD_COLOURS and first in METHOD_COLOURS:  # a variant named after its method: "CMA iter1"
+        key = first
     return key
 
 
