@@ -1,0 +1,90 @@
+"""Prose that a notebook renders from its results, so the numbers its text states are the numbers it measured.
+
+DESIGN.md's notebook conventions: a conclusion is "drawn from the measured numbers (read from the
+results, never typed by hand)". A notebook therefore saves its numbers to
+``figures/results/<notebook>.json`` and a code cell after that builds its summary with these
+helpers and shows it with ``IPython.display.Markdown``; ``tests/test_notebook_teaching.py`` fails on
+a markdown cell that types a measurement instead.
+
+The functions only format: they take a results summary (``{"mean", "std", "seeds"}``, the schema of
+:mod:`fusionkit.lab.results`) or a results file and return Markdown text.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["mean_std", "per_seed", "accuracy_table", "run_time", "training_seconds"]
+
+GPU_NOT_MEASURED = "not measured yet (no run on a GPU has been recorded)"
+
+
+def mean_std(summary: dict, digits: int = 2) -> str:
+    """``0.67 ± 0.04``: a summary's mean and its standard deviation over seeds (just the mean for one seed)."""
+    if not isinstance(summary, dict) or "mean" not in summary:
+        raise TypeError(f"expected a results summary {{'mean', 'std', 'seeds'}}, got {summary!r}")
+    if len(summary.get("seeds", ())) > 1:
+        return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f}"
+
+
+def per_seed(summary: dict, digits: int = 2) -> str:
+    """``0.50 / 0.58 / 1.00``: each seed's value, in seed order."""
+    return " / ".join(f"{v:.{digits}f}" for v in summary["seeds"])
+
+
+def accuracy_table(rows: dict[str, dict[str, dict]], columns: list[str] | None = None, digits: int = 2) -> str:
+    """A Markdown table, one row per key of ``rows`` and one column per output, each cell :func:`mean_std`
+    (``–`` where a row lacks the column). ``columns`` defaults to the first row's outputs."""
+    if not rows:
+        raise ValueError("accuracy_table needs at least one row")
+    columns = list(columns or next(iter(rows.values())))
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, cells in rows.items():
+        lines.append(f"| {name} | " + " | ".join(mean_std(cells[c], digits) if c in cells else "–"
+                                              for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def training_seconds(results: dict | None) -> float | None:
+    """The time a results file records for its training (``extra.wall_seconds``, else the sum of
+    ``extra.seconds`` / ``extra.train_seconds``), or None when it records none."""
+    extra = (results or {}).get("extra") or {}
+    if isinstance(extra.get("wall_seconds"), (int, float)):
+        return float(extra["wall_seconds"])
+    for key in ("seconds", "train_seconds"):
+        value = extra.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+            return float(sum(value.values()))
+    return None
+
+
+def run_time(notebook: str, figures_dir: str | os.PathLike) -> str:
+    """The header's run-time line of ``notebook``: its wall time in the last ``make run``
+    (``<figures_dir>/results/make_run.json``, with the machine and its load), the training time its
+    own results record, and the GPU time (not measured yet: no GPU run is recorded)."""
+    results = Path(figures_dir) / "results"
+    record = _read(results / "make_run.json")
+    row = ((record or {}).get("extra") or {}).get("notebooks", {}).get(notebook)
+    if row:
+        extra = record["extra"]
+        machine, load = extra["machine"], extra["load"]["start"]["load_average"][0]
+        cpu = (f"{row['seconds'] / 60:.1f} min in the `make run` of {extra['started'][:10]} "
+               f"({machine['cpu_count']} cores, {machine['cpu_model']}; load average {load:.2f} at its start)")
+    else:
+        cpu = "not measured yet by `make run` (it records each notebook's time in `figures/results/make_run.json`)"
+    seconds = training_seconds(_read(results / f"{notebook}.json"))
+    if seconds is not None:
+        cpu += (f"; its experiments took {seconds / 60:.1f} min when `figures/results/{notebook}.json` was made "
+                "(the results file does not record the machine's load)")
+    return f"**Run time.** On 2 CPU cores: {cpu}. On a GPU: {GPU_NOT_MEASURED}."
