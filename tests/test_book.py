@@ -253,7 +253,9 @@ def test_every_page_loads_in_a_real_browser_and_the_navigation_reaches_every_not
     assert sum(held.values()) > 0
     fewer = {page: (report[page]["images"], n) for page, n in held.items() if report[page]["images"] < n}
     assert not fewer, f"pages showing fewer images than their notebook holds (shown, held): {fewer}"
-    assert report["figures"]["images"] == len(list(book["figures"].glob("*.png"))) - 1  # the heatmap: benchmark page
+    # every figure of the series, the benchmark's heatmap on its own page; none of the assignments' solutions
+    series_figures = [p for p in book["figures"].glob("*.png") if p.name[:2].isdigit()]
+    assert report["figures"]["images"] == len(series_figures) > 0
 
 
 def test_links_to_repository_files_the_book_lacks_become_their_paths(tmp_path):
@@ -272,3 +274,13 @@ def test_links_to_repository_files_the_book_lacks_become_their_paths(tmp_path):
         "See the layers (`docs/architecture.md` in the repository), `README.md`, `fusionkit/methods/ccs.py`, "
         "[notebook 03](03_conv_fusion.ipynb), ![a figure](../figures/missing.png), "
         "[the paper](https://arxiv.org/abs/1604.06573) and [above](#top).")
+
+
+def test_the_figures_page_leaves_out_the_assignments_solution_figures(book, tmp_path):
+    figures = REPO / "figures"  # the committed ones hold the assignments' (a1_*, a2_*: the instructor's solutions)
+    source = assemble(tmp_path / "src", executed_dir=book["executed"], figures_dir=figures)
+    page = (source.root / "figures.md").read_text()
+    shown = sorted(re.findall(r"\]\(figures/([^)]+)\)", page))
+    expected = sorted(p.name for p in figures.glob("*.png") if p.name[:2].isdigit())
+    assert shown == expected and any(p.name.startswith("a1_") for p in figures.glob("*.png"))
+    assert sorted(p.name for p in (source.root / "figures").iterdir()) == sorted(expected + ["benchmark_heatmap.png"])

@@ -10,7 +10,8 @@ it never executes a notebook -- so a student sees every result without running a
   removed (the worked answers of the exercises belong to the instructor's copy); papermill's
   injected-parameters cell is dropped too (it shows the paths of the machine that ran it);
 - the benchmark table (``figures/results/benchmark.md``, written by ``fusionkit bench``) and heatmap;
-- every figure in ``figures/``, grouped by notebook;
+- every figure in ``figures/``, grouped by notebook, except the assignments' (``a1_*``: those show the
+  results of the instructor's solution);
 - the assignments' **student** versions, made by :func:`~fusionkit.lab.assignments.notebooks.release_notebook`
   (what ``fusionkit assignment release`` writes: solutions stubbed, hidden tests removed).
 
@@ -430,12 +431,13 @@ def assemble(out: str | os.PathLike, executed_dir: str | os.PathLike = PROJECT_R
         page = f"notebooks/assignments/{source_path.stem}"
         title = notebook_title(nb, source_path.stem)
         assignment_rows.append((page, title))
-        titles.setdefault(source_path.stem.split("_", 1)[0], (page, title))
         book.assignments.append(page)
 
     (out / "figures").mkdir()
     benchmark, images = benchmark_markdown(figures_dir)
-    figures = sorted(p for p in figures_dir.glob("*.png") if p not in images)
+    # an assignment's figures are the instructor's solution's results: not for the students' book
+    solutions = {p.stem.split("_", 1)[0] for p in assignments_dir.glob("*.ipynb")}
+    figures = sorted(p for p in figures_dir.glob("*.png") if p not in images and p.name.split("_", 1)[0] not in solutions)
     for path in [*images, *figures]:
         shutil.copy2(path, out / "figures" / path.name)
     atomic_write_text(out / "benchmark.md", benchmark)
