@@ -172,7 +172,7 @@ def test_the_aggregations_by_hand():
 @pytest.mark.parametrize("aggregation, segments", [("max", None), ("product", None), ("concat", 3)])
 def test_ccs_classifies_the_aggregated_embedding(aggregation, segments):
     torch.manual_seed(0)
-    model = build_model("ccs", 4, new_length=2, aggregation=aggregation, segments=segments).eval()
+    model = build_model("ccs", 4, new_length=2, aggregation=aggregation, concat_segments=segments).eval()
     rgb, flow = torch.randn(2, 3, 3, 16, 16), torch.randn(2, 3, 4, 16, 16)
     with torch.no_grad():
         out = model(rgb, flow)

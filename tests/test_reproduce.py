@@ -206,9 +206,9 @@ def test_every_row_of_every_table_is_in_the_one_step_test():
 def test_every_buildable_row_builds_and_trains_one_step(key, row, backbone, options, motion_sets, motion_puzzle,
                                                         motion_cache):
     train_set, _ = motion_sets
-    if options.get("segments", 2) > 2:  # a network built for more segments (CCS's concatenation): sample as many
-        train_set = build_dataset("ucf101", motion_puzzle, motion_cache, "train", num_segments=options["segments"],
-                                  new_length=2, input_size=32)
+    if options.get("concat_segments", 2) > 2:  # a network built for more segments (CCS's concatenation): as many
+        train_set = build_dataset("ucf101", motion_puzzle, motion_cache, "train",
+                                  num_segments=options["concat_segments"], new_length=2, input_size=32)
     method = get_method(row.method)
     train = {k: v for k, v in dict(row.train).items() if k != "extra"}
     config = TrainConfig(epochs=1, batch_size=len(train_set), optimizer="adamw", lr=1e-3, progress=False,

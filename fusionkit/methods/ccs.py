@@ -57,12 +57,12 @@ space where Eq. 4 compares them. No normalisation: Eq. 4 and 5 use plain squared
 its positions) become one video feature by element-wise average (``"mean"``, the default and the
 best of Fig. 5a on HMDB-51), element-wise maximum (``"max"``), element-wise multiplication
 (``"product"``) or concatenation (``"concat"``, K*C features into the shared layer, so the network
-is built for ``segments`` segments). The paper aggregates *features* (§3.3: "transformed into a
+is built for ``concat_segments`` segments). The paper aggregates *features* (§3.3: "transformed into a
 D-dimension features vector through aggregation operation"), so here the aggregation comes before
 the shared layer and the classifiers read the aggregated embedding (:class:`CCSNet`). ``"mean"``
 keeps :class:`~fusionkit.models.two_stream.TwoStreamNet`'s consensus (each segment classified, the
 scores averaged), which is the same in evaluation: the shared layer and the classifier are affine.
-A test with more snippets than ``segments`` concatenates the means of ``segments`` consecutive
+A test with more snippets than ``concat_segments`` concatenates the means of that many consecutive
 groups of them (TSN's segments: the test snippets of one segment averaged).
 
 **Losses.** CCS. Each video gives an appearance embedding z^f and a motion embedding z^o (the shared block,
@@ -412,7 +412,7 @@ class CCSNet(TwoStreamNet):
 
 
 def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, fusion_options: dict | None = None,
-        shared_embedding: bool = True, aggregation: str = "mean", segments: int | None = None,
+        shared_embedding: bool = True, aggregation: str = "mean", concat_segments: int | None = None,
         **network) -> CCSNet:
     """Cooperative cross-stream network (Fig. 2): the connection block ``fusion`` after the last stage
     (``None`` leaves it out: Table 3's "CS" and baseline rows), then the shared block, one fully
@@ -426,7 +426,8 @@ def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, 
     it is the plain two-stream network (outputs ``rgb``, ``flow``, ``ccs``).
 
     ``aggregation``: how the shared block aggregates a video's segments (:data:`AGGREGATIONS`, Fig. 5a);
-    ``"concat"`` needs ``segments``, the number of segments the network is trained on. Any other than
+    ``"concat"`` needs ``concat_segments``, the number of segments the network is trained on (named apart
+    from the datasets' ``segments``, which it must not exceed). Any other than
     ``"mean"`` needs the shared block and a 2D backbone (a 3D one sees the segments as one clip)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"ccs: aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -439,8 +440,8 @@ def ccs(num_classes: int, fusion: str | None = "ccs", embedding_dim: int = 128, 
               if fusion is not None else {})
     embedding = SharedEmbedding(c, embedding_dim) if shared_embedding else None
     net = CCSNet(num_classes, fusion_blocks=blocks, keep_flow_tower=True, embedding=embedding, method="ccs", **network)
-    if aggregation != "mean" or segments is not None:  # built after the classifiers: "mean" draws the same weights
-        net.embedding = SharedEmbedding(c, embedding_dim, aggregation=aggregation, segments=segments)
+    if aggregation != "mean" or concat_segments is not None:  # built after the classifiers: "mean" draws the same weights
+        net.embedding = SharedEmbedding(c, embedding_dim, aggregation=aggregation, segments=concat_segments)
     return net
 
 
@@ -531,7 +532,7 @@ def _register_tables_and_recipes() -> None:
     columns5 = (Column("RGB+Flow", "fused", "HMDB51"),)
     aggregations = (("Max", {"aggregation": "max"}), ("Average", {"aggregation": "mean"}),
                     ("Multiplication", {"aggregation": "product"}),
-                    ("Concatenation", {"aggregation": "concat", "segments": 3}))
+                    ("Concatenation", {"aggregation": "concat", "concat_segments": 3}))
     register_table(AblationTable(
         "zhang2019", 5, "Fig. 5a: the performance of different feature aggregation functions (the element-wise "
                         "maximum, average and multiplication of the segments' features, and their concatenation)",
