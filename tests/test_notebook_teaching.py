@@ -286,3 +286,26 @@ def test_text_helpers_format_summaries_and_the_run_time(tmp_path):
     (tmp_path / "results" / "make_run.json").write_text(json.dumps(record))
     assert run_time("02_x", tmp_path).startswith(
         "**Run time.** On 2 CPU cores: 12.5 min in the `make run` of 2026-12-02 (2 cores, Xeon; load average 0.50")
+
+
+def test_assignment_summary_reads_blocks_learning_curves_and_the_check():
+    from fusionkit.viz.text import assignment_summary
+
+    one = lambda v: {"mean": v, "std": 0.0, "seeds": [v]}  # noqa: E731
+    results = {"params": {"SEEDS": [0], "SMOKE": True},
+               "accuracy": {"registration": {"rgb": one(0.25), "flow": one(0.5), "late": one(0.5)}},
+               "variants": {"fusion=sum": {"registration": {"spatial-S": one(0.75)}},
+                            "fusion=mine": {"registration": {"spatial-S": one(1.0)}},
+                            "fusion=pool3d": {"order": {"conv_fusion-S": one(0.5)}}},
+               "extra": {"speed": {"mine": {"curve_mean": one(0.8), "epochs_to_0.9": [3]},
+                                   "sum": {"curve_mean": one(0.6), "epochs_to_0.9": [None]}},
+                         "check": {"score": 11.0, "max_score": 12.0, "checks": ["a", "b"]}}}
+    lines = assignment_summary(results).splitlines()
+    assert lines == [
+        "- **`registration`** (seeds [0]): RGB alone 0.25, flow alone 0.50, late fusion 0.50.",
+        "- **`sum`** (fine-tuned from the late model): test 0.75; mean top-1 over the fine-tuning epochs 0.60, "
+        "epochs to 0.9 per seed – (–: not reached).",
+        "- **`mine`** (fine-tuned from the late model): test 1.00; mean top-1 over the fine-tuning epochs 0.80, "
+        "epochs to 0.9 per seed 3 (–: not reached).",
+        "- **`check_block`**: 11 of 12 points on the checks run here (2 checks; the training check is skipped in "
+        "smoke mode)."]

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["mean_std", "per_seed", "accuracy_table", "run_time", "training_seconds"]
+__all__ = ["mean_std", "per_seed", "accuracy_table", "run_time", "training_seconds", "assignment_summary"]
 
 GPU_NOT_MEASURED = "not measured yet (no run on a GPU has been recorded)"
 
@@ -88,3 +88,31 @@ def run_time(notebook: str, figures_dir: str | os.PathLike) -> str:
         cpu += (f"; its experiments took {seconds / 60:.1f} min when `figures/results/{notebook}.json` was made "
                 "(the results file does not record the machine's load)")
     return f"**Run time.** On 2 CPU cores: {cpu}. On a GPU: {GPU_NOT_MEASURED}."
+
+
+def assignment_summary(results: dict) -> str:
+    """The Summary of a course assignment (a1, a2) from its results: each stream alone and late fusion on
+    ``registration``, each fusion block's test top-1 and, where recorded (``extra.speed``), its learning-curve
+    measures (mean top-1 over the fine-tuning epochs, epochs to 0.9 per seed), and ``check_block``'s score."""
+    baseline = results["accuracy"]["registration"]
+    speed = results["extra"].get("speed", {})
+    lines = [f"- **`registration`** (seeds {results['params']['SEEDS']}): RGB alone {mean_std(baseline['rgb'])}, "
+             f"flow alone {mean_std(baseline['flow'])}, late fusion {mean_std(baseline['late'])}."]
+    for key, per_puzzle in results.get("variants", {}).items():
+        summary = per_puzzle.get("registration", {}).get("spatial-S")
+        if summary is None:
+            continue
+        name = key.split("=", 1)[1]
+        line = f"- **`{name}`** (fine-tuned from the late model): test {mean_std(summary)}"
+        if name in speed:
+            line += f"; mean top-1 over the fine-tuning epochs {mean_std(speed[name]['curve_mean'])}"
+            reached = " / ".join("–" if e is None else str(e) for e in speed[name].get("epochs_to_0.9", []))
+            if reached:
+                line += f", epochs to 0.9 per seed {reached} (–: not reached)"
+        lines.append(line + ".")
+    check = results["extra"].get("check", {})
+    if "score" in check:
+        skipped = "; the training check is skipped in smoke mode" if results["params"].get("SMOKE") else ""
+        lines.append(f"- **`check_block`**: {check['score']:g} of {check['max_score']:g} points on the checks run here "
+                     f"({len(check.get('checks', []))} checks{skipped}).")
+    return "\n".join(lines)
