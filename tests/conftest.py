@@ -65,3 +65,22 @@ def motion_cache(motion_puzzle, tmp_path_factory) -> Path:
     report = extract_flow(motion_puzzle, cache, backend="dis", workers=1, progress=False)
     assert not report.failed, str(report)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Each test's registrations (a student block defined in ``__main__``, a toy method) are undone
+    after it: a block whose source cannot be read makes every later run uncacheable
+    (fusionkit.lab.run_cache), so one test's registry must not leak into the next."""
+    from fusionkit.fusion import FUSIONS
+    from fusionkit.methods.recipe import METHODS
+    from fusionkit.training.schedules import SCHEDULES
+
+    registries = (FUSIONS, METHODS, SCHEDULES)
+    for registry in registries:
+        registry._load()
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, entries in zip(registries, saved):
+        dict.clear(registry)
+        dict.update(registry, entries)

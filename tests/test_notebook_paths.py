@@ -99,12 +99,13 @@ def test_papermill_from_the_root_and_from_notebooks_writes_inside_the_project(tm
     """`papermill notebooks/00_quickstart.ipynb out.ipynb -p SMOKE True`, run from the checkout's root
     (where papermill users run it) and from notebooks/ (where JupyterLab runs it): the puzzles go to
     <project>/data, the figures to <project>/figures (or $FUSIONKIT_FIGURES), nothing beside the
-    checkout."""
+    checkout; its trained runs go to <project>/build/run-cache."""
     project, out = _fake_project(tmp_path / "project"), tmp_path / "out"
     out.mkdir()
     _papermill("notebooks/00_quickstart.ipynb", out / "from_root.ipynb", cwd=project)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "project"]
-    assert sorted(p.name for p in project.iterdir()) == ["data", "figures", "notebooks", "pyproject.toml"]
+    assert sorted(p.name for p in project.iterdir()) == ["build", "data", "figures", "notebooks", "pyproject.toml"]
+    assert [p.name for p in (project / "build").iterdir()] == ["run-cache"]  # the trained runs, reused on re-runs
     results = json.loads((project / "figures" / "results" / "00_quickstart.json").read_text())
     assert results["params"]["SMOKE"] is True
     assert list((project / "figures").glob("00_*.png")) and (project / "data" / "puzzles").is_dir()
