@@ -444,7 +444,8 @@ def _book(args) -> int:
 def _run_notebooks(args) -> int:
     from fusionkit.lab.run_notebooks import run_notebooks
 
-    done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers)
+    done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers,
+                         threads=args.threads)
     print(f"executed {len(done)} notebooks into {args.out}")
     return 0
 
@@ -719,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else the CPU), cpu, cuda, ...")
     p.set_defaults(func=_evaluate)
 
-    from fusionkit.lab.run_notebooks import PROJECT_ROOT
+    from fusionkit.lab.run_notebooks import KERNEL_THREADS, PROJECT_ROOT
 
     p = command("run-notebooks", "build the puzzles and their flow, then execute every notebook with papermill")
     p.add_argument("--notebooks", default=str(PROJECT_ROOT / "notebooks"), help="folder of the notebooks")
@@ -727,6 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(PROJECT_ROOT / "data"), help="folder for puzzles and flow")
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, seconds per notebook")
     p.add_argument("--workers", type=int, default=2, help="processes preparing the puzzles")
+    p.add_argument("--threads", type=int, default=KERNEL_THREADS,
+                   help=f"torch CPU threads per notebook kernel (default {KERNEL_THREADS}, the committed results' "
+                        "machine: another count rounds differently and gives other numbers)")
     p.set_defaults(func=_run_notebooks)
 
     p = command("book", "render the executed notebooks (make run's, in build/) as a static HTML site, without "

@@ -71,6 +71,19 @@ def test_a_parameter_the_notebook_does_not_declare_is_refused(tmp_path):
         rn.execute_notebook(nb, tmp_path / "out.ipynb", {"SMOKE": True, "DEVICE": "cuda"})
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # torch takes at most the machine's cores from OMP_NUM_THREADS
+def test_the_kernel_runs_with_the_threads_asked_for_and_the_environment_is_restored(tmp_path, threads, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    nb = write_notebook(tmp_path / "t.ipynb", "import torch\nprint(torch.get_num_threads())", parameters="SMOKE = False")
+    rn.execute_notebook(nb, tmp_path / "out.ipynb", {"SMOKE": True}, threads=threads)
+    executed = json.loads((tmp_path / "out.ipynb").read_text())
+    assert executed["cells"][-1]["outputs"][0]["text"] == [f"{threads}\n"]
+    assert rn.os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in rn.os.environ
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        rn.execute_notebook(nb, tmp_path / "out.ipynb", {"SMOKE": True}, threads=0)
+
+
 # ---- progress -----------------------------------------------------------------------------------
 
 def cell(source: str):
@@ -189,7 +202,7 @@ def test_run_notebooks_records_timings_machine_and_load(tmp_path):
     path = figures / "results" / "make_run.json"
     record = json.loads(path.read_text())
     assert validate_results(record) == []  # the results schema, like every file in figures/results
-    assert record["notebook"] == "make_run" and record["params"] == {"smoke": False, "workers": 2,
+    assert record["notebook"] == "make_run" and record["params"] == {"smoke": False, "workers": 2, "threads": 2,
                                                                      "notebooks": ["00_alpha", "01_beta"]}
     extra = record["extra"]
     assert {"cpu_model", "cpu_count", "torch", "load_average_at_start"} <= set(extra["machine"])

@@ -344,10 +344,9 @@ def results_layout(report: dict) -> tuple[dict, dict]:
 def write_benchmark(report: dict, results_dir: str | os.PathLike = "figures/results",
                     figures_dir: str | os.PathLike = "figures", name: str = "benchmark") -> dict[str, Path]:
     """Write the report as ``<results_dir>/<name>.json`` (results schema), ``<name>.md`` and the
-    heatmap ``<figures_dir>/<name>_heatmap.png``; return the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    heatmap ``<figures_dir>/<name>_heatmap.png``; return the paths. The backend is left as it is
+    (matplotlib picks a non-interactive one where there is no display): a notebook calling this
+    keeps its inline figures, and only the heatmap's own figure is closed."""
     import matplotlib.pyplot as plt
 
     from fusionkit.lab.results import save_results
@@ -366,5 +365,5 @@ def write_benchmark(report: dict, results_dir: str | os.PathLike = "figures/resu
              f"seed(s)")
     ax = plot_benchmark_heatmap(by_entry, title=title, chance=report["chance"])
     figure_path = save_figure(ax.figure, f"{name}_heatmap", figures_dir)
-    plt.close("all")
+    plt.close(ax.figure)
     return {"json": json_path, "markdown": md_path, "heatmap": figure_path}

@@ -24,6 +24,17 @@ At the end a table: notebook, minutes, its headline result (from
   the parameters it passes against the cell's assignments itself (Python's ``ast``, exact) and
   filters those two papermill records.
 
+Same numbers on every machine. Each kernel runs with the same number of torch CPU threads,
+``threads`` (default :data:`KERNEL_THREADS`, 2: the committed results' machine), set through
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in the kernel's environment. A float reduction split
+over another number of threads rounds differently, and after some epochs the weights and the
+accuracies differ (measured: two runs at the same thread count gave bitwise-identical weights and
+flow, 1 against 2 threads did not), so without this a 16-core machine would not reproduce the
+committed numbers, nor hit the run cache (:mod:`fusionkit.lab.run_cache` keys by thread count).
+torch takes at most the machine's cores from ``OMP_NUM_THREADS``: a one-core machine runs one
+thread whatever is asked (``make_run.json`` records what was asked, each result's cache entry what
+was used).
+
 What is recorded. :func:`run_notebooks` writes each notebook's wall time, cells and headline, the
 machine (:func:`fusionkit.lab.machine.machine_description`) and its load before and after each
 notebook to ``figures/results/make_run.json`` (``make_run_smoke.json`` for ``--smoke``),
@@ -57,6 +68,8 @@ README_START = "<!-- make-run-timing: generated from figures/results/make_run.js
 README_END = "<!-- /make-run-timing -->"
 README_ABSENT = ("Per-notebook wall time: measured by `make run`, see `figures/results/make_run.json` once run "
                  "(`python -m fusionkit.lab.run_notebooks --readme` then puts its table here).")
+KERNEL_THREADS = 2  # torch CPU threads per kernel: the machine the committed results were made on (2 cores)
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # papermill's parameter inference (a regular expression per line), replaced by parameter_names()
 PAPERMILL_NOISE = ("Unable to parse line", "Passed unknown parameter")
 
@@ -295,11 +308,34 @@ def _engine() -> str:
 
 # ---- one notebook -------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def kernel_threads(threads: int | None):
+    """Kernels started inside use ``threads`` torch CPU threads (``OMP_NUM_THREADS`` and
+    ``MKL_NUM_THREADS`` in the environment they inherit); None leaves the environment as it is."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    saved = {name: os.environ.get(name) for name in THREAD_ENV}
+    os.environ.update({name: str(threads) for name in THREAD_ENV})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def execute_notebook(path: str | os.PathLike, output: str | os.PathLike, parameters: dict | None = None,
-                     timeout: int | None = None, progress: NotebookProgress | None = None) -> Path:
+                     timeout: int | None = None, progress: NotebookProgress | None = None,
+                     threads: int | None = None) -> Path:
     """Run one notebook with papermill in its own folder (as JupyterLab would) and save the executed
     copy to ``output``. Raises :class:`NotebookError` naming the notebook and failing cell, and
-    ValueError for a parameter its parameters cell does not assign. ``progress`` reports as it runs."""
+    ValueError for a parameter its parameters cell does not assign. ``progress`` reports as it runs;
+    ``threads``: the kernel's torch CPU threads (:func:`kernel_threads`; None: torch's default)."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -314,7 +350,7 @@ def execute_notebook(path: str | os.PathLike, output: str | os.PathLike, paramet
     if progress is not None:
         progress.start()
     try:
-        with _papermill_quiet():
+        with _papermill_quiet(), kernel_threads(threads):
             papermill.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent),
                                        kernel_name="python3", progress_bar=False, execution_timeout=timeout,
                                        engine_name=_engine(), progress=progress, config=_kernel_config())
@@ -430,12 +466,14 @@ def series_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks") 
 def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out: str | os.PathLike = PROJECT_ROOT / "build",
                   smoke: bool = False, data_dir: str | os.PathLike = PROJECT_ROOT / "data", workers: int = 2,
                   prepare: bool = True, figures_dir: str | os.PathLike = PROJECT_ROOT / "figures",
-                  stream: TextIO | None = None, interval: float = 30.0, record: bool = True) -> list[Path]:
+                  stream: TextIO | None = None, interval: float = 30.0, record: bool = True,
+                  threads: int = KERNEL_THREADS) -> list[Path]:
     """Build the puzzles and their flow (teaching parameters), then execute every notebook in order
     (:func:`series_notebooks`: the series, then the assignments' instructor versions), showing each
     one's progress and a summary table at the end, and (``record``) write the timings,
     machine and load to :func:`record_path` once all have run. ``DATA_DIR`` / ``FIGURES_DIR`` are
-    passed to the notebooks that declare them."""
+    passed to the notebooks that declare them; every kernel runs with ``threads`` torch threads
+    (:data:`KERNEL_THREADS`: the same numbers on any machine)."""
     import nbformat
     import torch
 
@@ -454,7 +492,8 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
     expected = sum(previous.get(p.stem, {}).get("seconds", 0) for p in paths)
     say(f"{len(paths)} notebooks (SMOKE={smoke})" + (f", ~{expected / 60:.0f} min in the last recorded run"
                                                       if expected else "") +
-        f"; {machine['cpu_count']} cores, load average {load['start']['load_average'][0]:.2f}")
+        f"; {machine['cpu_count']} cores, {threads} torch threads per kernel, load average "
+        f"{load['start']['load_average'][0]:.2f}")
     if prepare and not smoke:
         for name in sorted(PUZZLES):
             prepare_puzzle(name, data_dir, workers=workers)
@@ -473,7 +512,8 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
             progress = NotebookProgress(nb.stem, row["expected"], stream=stream, interval=interval)
             start = time.perf_counter()
             try:
-                done.append(execute_notebook(nb, Path(out) / nb.relative_to(notebooks), params, progress=progress))
+                done.append(execute_notebook(nb, Path(out) / nb.relative_to(notebooks), params, progress=progress,
+                                             threads=threads))
                 row["status"] = "ok"
             finally:
                 row.update(seconds=time.perf_counter() - start, cells=progress.total, cells_done=progress.done,
@@ -491,7 +531,8 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
                  "load": load, "notebooks": {r["notebook"]: {k: v for k, v in r.items() if k not in ("notebook",
                                                                                                      "expected")}
                                              for r in rows}}
-        save_results(where.stem, {"smoke": smoke, "workers": workers, "notebooks": [p.stem for p in paths]}, {},
+        save_results(where.stem, {"smoke": smoke, "workers": workers, "threads": threads,
+                                  "notebooks": [p.stem for p in paths]}, {},
                      extra, results_dir=where.parent)
         say(f"timings: {where}")
     return done

@@ -114,7 +114,8 @@ class ConvFusion(SpatialFusion):
 
     ``f`` has shape ``[out_channels, 2D]`` (a 1x1 filter bank; conv2d on 4D maps, conv3d 1x1x1 on
     5D maps). It *learns* the correspondence between the two networks' channels. §3.5: "careful
-    initialisation ... by identity matrices (to sum the two networks)":
+    initialisation of the injected fusion layer (as in (4)) is very important. [...] initialisation
+    by identity matrices (to sum the two networks) performs as well as random initialisation":
 
     - ``init="identity"``: two stacked identities and zero bias, so the block is exactly sum fusion
       (Eq. 1) at init. Because Eq. 3 interleaves, output channel k reads input columns 2k (flow k)
