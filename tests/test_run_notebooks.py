@@ -266,6 +266,15 @@ def test_smoke_runs_record_apart_and_a_failure_writes_no_record(tmp_path):
     assert "[failed]" in stream.getvalue().splitlines()[-2]  # the summary still shows what ran
     assert not (figures / "results" / "make_run.json").exists()
 
+    write_notebook(folder / "03_after.ipynb", SAVE.format(name="03_after"))
+    stream = io.StringIO()
+    with pytest.raises(rn.NotebookError, match=r"(?s)1 of 4 notebooks failed:\nnotebook 02_broken.ipynb failed"):
+        rn.run_notebooks(folder, tmp_path / "build", smoke=False, prepare=False, figures_dir=figures, stream=stream,
+                         keep_going=True)
+    assert (figures / "results" / "03_after.json").is_file()  # the notebook after the broken one ran
+    assert "FAILED (going on with the rest)" in stream.getvalue()
+    assert not (figures / "results" / "make_run.json").exists()
+
 
 @pytest.mark.filterwarnings("ignore::fusionkit.lab.machine.MachineBusyWarning")
 def test_timing_table_and_readme_update(tmp_path):

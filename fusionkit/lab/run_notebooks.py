@@ -467,13 +467,16 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
                   smoke: bool = False, data_dir: str | os.PathLike = PROJECT_ROOT / "data", workers: int = 2,
                   prepare: bool = True, figures_dir: str | os.PathLike = PROJECT_ROOT / "figures",
                   stream: TextIO | None = None, interval: float = 30.0, record: bool = True,
-                  threads: int = KERNEL_THREADS) -> list[Path]:
+                  threads: int = KERNEL_THREADS, keep_going: bool = False) -> list[Path]:
     """Build the puzzles and their flow (teaching parameters), then execute every notebook in order
     (:func:`series_notebooks`: the series, then the assignments' instructor versions), showing each
     one's progress and a summary table at the end, and (``record``) write the timings,
     machine and load to :func:`record_path` once all have run. ``DATA_DIR`` / ``FIGURES_DIR`` are
     passed to the notebooks that declare them; every kernel runs with ``threads`` torch threads
-    (:data:`KERNEL_THREADS`: the same numbers on any machine)."""
+    (:data:`KERNEL_THREADS`: the same numbers on any machine). A failing notebook stops the run,
+    unless ``keep_going`` (``make -k``'s sense): then the rest still run and one
+    :class:`NotebookError` naming every failure is raised at the end. A run with a failure writes no
+    record."""
     import nbformat
     import torch
 
@@ -498,7 +501,7 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
         for name in sorted(PUZZLES):
             prepare_puzzle(name, data_dir, workers=workers)
     prepare_seconds = time.perf_counter() - t0
-    done, rows = [], []
+    done, rows, failures = [], [], []
     try:
         for nb in paths:
             declared = parameter_names(nbformat.read(nb, as_version=4)) or set()
@@ -515,6 +518,11 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
                 done.append(execute_notebook(nb, Path(out) / nb.relative_to(notebooks), params, progress=progress,
                                              threads=threads))
                 row["status"] = "ok"
+            except NotebookError as e:
+                if not keep_going:
+                    raise
+                failures.append(str(e))
+                say(f"FAILED (going on with the rest): {e}")
             finally:
                 row.update(seconds=time.perf_counter() - start, cells=progress.total, cells_done=progress.done,
                            load_after=load_average())
@@ -525,6 +533,8 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
         total = time.perf_counter() - t0
         if rows:
             say("\n" + summary_table(rows, total))
+    if failures:
+        raise NotebookError(f"{len(failures)} of {len(paths)} notebooks failed:\n" + "\n".join(failures))
     load["end"] = check_load("make run", warn=False)
     if record:
         extra = {"started": started, "total_seconds": total, "prepare_seconds": prepare_seconds, "machine": machine,
