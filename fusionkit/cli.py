@@ -445,7 +445,7 @@ def _run_notebooks(args) -> int:
     from fusionkit.lab.run_notebooks import run_notebooks
 
     done = run_notebooks(args.notebooks, args.out, smoke=args.smoke, data_dir=args.data, workers=args.workers,
-                         threads=args.threads, keep_going=args.keep_going)
+                         threads=args.threads, keep_going=args.keep_going, only=args.only)
     print(f"executed {len(done)} notebooks into {args.out}")
     return 0
 
@@ -731,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=KERNEL_THREADS,
                    help=f"torch CPU threads per notebook kernel (default {KERNEL_THREADS}, the committed results' "
                         "machine: another count rounds differently and gives other numbers)")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run just these (e.g. 04_cmmp a1_conv_fusion); "
+                                                                  "writes no timing record: that is the whole series'")
     p.add_argument("--keep-going", action="store_true", help="after a failing notebook, run the rest (the failures "
                                                              "are reported at the end; no timing record is written)")
     p.set_defaults(func=_run_notebooks)

@@ -275,6 +275,14 @@ def test_smoke_runs_record_apart_and_a_failure_writes_no_record(tmp_path):
     assert "FAILED (going on with the rest)" in stream.getvalue()
     assert not (figures / "results" / "make_run.json").exists()
 
+    (figures / "results" / "03_after.json").unlink()
+    done = rn.run_notebooks(folder, tmp_path / "build", smoke=False, prepare=False, figures_dir=figures,
+                            stream=io.StringIO(), only=["03_after"])
+    assert [p.name for p in done] == ["03_after.ipynb"] and (figures / "results" / "03_after.json").is_file()
+    assert not (figures / "results" / "make_run.json").exists()  # a part of the series is not make run
+    with pytest.raises(ValueError, match=r"not in the series: 09_none; the notebooks are 00_alpha, 01_beta"):
+        rn.run_notebooks(folder, tmp_path / "build", prepare=False, figures_dir=figures, only=["09_none", "01_beta"])
+
 
 @pytest.mark.filterwarnings("ignore::fusionkit.lab.machine.MachineBusyWarning")
 def test_timing_table_and_readme_update(tmp_path):

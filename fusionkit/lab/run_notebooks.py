@@ -467,7 +467,8 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
                   smoke: bool = False, data_dir: str | os.PathLike = PROJECT_ROOT / "data", workers: int = 2,
                   prepare: bool = True, figures_dir: str | os.PathLike = PROJECT_ROOT / "figures",
                   stream: TextIO | None = None, interval: float = 30.0, record: bool = True,
-                  threads: int = KERNEL_THREADS, keep_going: bool = False) -> list[Path]:
+                  threads: int = KERNEL_THREADS, keep_going: bool = False,
+                  only: list[str] | None = None) -> list[Path]:
     """Build the puzzles and their flow (teaching parameters), then execute every notebook in order
     (:func:`series_notebooks`: the series, then the assignments' instructor versions), showing each
     one's progress and a summary table at the end, and (``record``) write the timings,
@@ -476,7 +477,9 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
     (:data:`KERNEL_THREADS`: the same numbers on any machine). A failing notebook stops the run,
     unless ``keep_going`` (``make -k``'s sense): then the rest still run and one
     :class:`NotebookError` naming every failure is raised at the end. A run with a failure writes no
-    record."""
+    record. ``only``: run just these notebooks (names without ``.ipynb``, e.g. ``["04_cmmp"]``;
+    ValueError naming any that is not in the series); a part of the series is not ``make run``, so
+    it writes no record either."""
     import nbformat
     import torch
 
@@ -487,6 +490,12 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
     stream = stream if stream is not None else sys.stdout
     say = lambda text: (stream.write(text + "\n"), stream.flush())  # noqa: E731
     paths = series_notebooks(notebooks)
+    if only is not None:
+        unknown = sorted(set(only) - {p.stem for p in paths})
+        if unknown:
+            raise ValueError(f"not in the series: {', '.join(unknown)}; the notebooks are "
+                             f"{', '.join(p.stem for p in paths)}")
+        paths, record = [p for p in paths if p.stem in only], False
     where = record_path(figures_dir, smoke)
     previous = ((load_record(where) or {}).get("extra") or {}).get("notebooks", {})
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
