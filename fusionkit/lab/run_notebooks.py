@@ -479,7 +479,7 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
     :class:`NotebookError` naming every failure is raised at the end. A run with a failure writes no
     record. ``only``: run just these notebooks (names without ``.ipynb``, e.g. ``["04_cmmp"]``;
     ValueError naming any that is not in the series); a part of the series is not ``make run``, so
-    it writes no record either."""
+    it writes no record either, and leaves the puzzles to its notebooks (each renders what it uses)."""
     import nbformat
     import torch
 
@@ -506,7 +506,7 @@ def run_notebooks(notebooks: str | os.PathLike = PROJECT_ROOT / "notebooks", out
                                                       if expected else "") +
         f"; {machine['cpu_count']} cores, {threads} torch threads per kernel, load average "
         f"{load['start']['load_average'][0]:.2f}")
-    if prepare and not smoke:
+    if prepare and not smoke and only is None:  # a part of the series renders what its notebooks ask for
         for name in sorted(PUZZLES):
             prepare_puzzle(name, data_dir, workers=workers)
     prepare_seconds = time.perf_counter() - t0
