@@ -10,7 +10,7 @@ Registered backbones (``get_backbone(name, in_channels, pretrained)``):
 ============ ================================ ========================== =====================
 name         stages (output channels)         stage ends at              stride of stem..last
 ============ ================================ ========================== =====================
-``tiny``     16, 32, 64, 128 (``widths``)     conv-BN-ReLU               1, 2, 4, 8
+``tiny``     24, 48, 96 (``widths``)          conv-BN-ReLU               2, 4, 8
 ``resnet18`` 64, 64, 128, 256, 512            maxpool, res2 .. res5      4, 4, 8, 16, 32
 ``resnet50`` 64, 256, 512, 1024, 2048         maxpool, res2 .. res5      4, 4, 8, 16, 32
 ``vgg16``    64, 128, 256, 512, 512           ReLU1_2 .. ReLU5_3         1, 2, 4, 8, 16
