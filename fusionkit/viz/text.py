@@ -116,3 +116,14 @@ def assignment_summary(results: dict) -> str:
         lines.append(f"- **`check_block`**: {check['score']:g} of {check['max_score']:g} points on the checks run here "
                      f"({len(check.get('checks', []))} checks{skipped}).")
     return "\n".join(lines)
+
+
+def headline_robustness(holds: dict) -> str:
+    """The sentence saying how often a notebook's headline held over more seeds and renders, from the
+    ``extra.holds`` of a ``<notebook>_robustness.json`` (``benchmarks/headline_robustness.py``):
+    per row, the runs at or above the threshold, their mean and the lowest run."""
+    runs = holds["runs"]
+    rows = "; ".join(f"{row} in {n} of {runs} (mean {mean:.2f}, lowest {low:.2f})"
+                     for row, (n, mean, low) in holds["rows"].items())
+    return (f"Over {runs} runs ({len(holds['seeds'])} training seeds × {len(holds['data_seeds'])} renders, "
+            f"`benchmarks/headline_robustness.py`), `{holds['puzzle']}` fused top-1 ≥ {holds['threshold']}: {rows}.")
