@@ -284,6 +284,23 @@ def test_entry_records_what_determined_it(data_dir, private_cache):
         cached_run("late", train_set, classes, eval_sets={"../x": test_set}, config=CONFIG)
 
 
+def test_runs_lists_what_was_trained_with_its_seconds(data_dir, private_cache, capsys):
+    train_set, test_set, classes = datasets(data_dir, data_seed=1)
+    late = cached_run("late", train_set, classes, eval_sets={"test": test_set}, config=CONFIG)
+    fused = cached_run("spatial", train_set, classes, eval_sets={"test": test_set}, config=replace(CONFIG, seed=3),
+                       init_from=late.model, fusion="sum")
+    (private_cache / f"{run_cache.TMP_DIR_PREFIX}x").mkdir()  # a partial write is not a run
+    rows = run_cache.runs()
+    assert [r["method"] for r in rows] == ["late", "spatial"] and [r["key"] for r in rows] == [late.key, fused.key]
+    assert rows[1]["options"]["fusion"] == "sum" and rows[1]["seed"] == 3 and rows[0]["seed"] == 0
+    assert all(r["puzzle"] == "conjunction" and r["data_seed"] == 1 and r["epochs"] == CONFIG.epochs for r in rows)
+    assert [r["seconds"] for r in rows] == [late.seconds, fused.seconds] and all(r["seconds"] > 0 for r in rows)
+    assert run_cache.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "  spatial(fusion=sum)  conjunction 32px render 1  1 epochs, seed 3" in out and "  late  conjunction" in out
+    assert out.splitlines()[-1].startswith("2 runs, ")
+
+
 def test_an_entry_that_does_not_load_is_retrained(data_dir, private_cache, monkeypatch):
     import fusionkit.methods
 

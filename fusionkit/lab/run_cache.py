@@ -42,7 +42,7 @@ truncated or changed) is deleted and the run trained again, never trusted.
 **Turning it off, clearing it.** ``cache=False`` (:func:`cached_run`, ``puzzle_experiment``) or
 ``FUSIONKIT_RUN_CACHE=off`` in the environment trains every time. ``python -m fusionkit.lab.run_cache
 clear`` (or deleting the folder) empties it; ``python -m fusionkit.lab.run_cache info`` shows its
-size. Entries are never evicted: a tiny-backbone run on a puzzle takes a few MB.
+size, ``... runs`` every trained run with the seconds it took. Entries are never evicted: a tiny-backbone run on a puzzle takes a few MB.
 
 **Why our own.** No well-kept library caches torch training runs keyed by content and source
 hash. The nearest, ``joblib.Memory`` (installed: joblib 1.6), keys a function call by pickling its
@@ -427,16 +427,46 @@ def info(root: str | os.PathLike | None = None) -> dict:
     return {"path": str(root), "entries": len(entries), "bytes": size}
 
 
+def runs(root: str | os.PathLike | None = None) -> list[dict]:
+    """One row per complete entry, oldest first: when it was written (``entry.json``'s time), the
+    method and its options, the puzzle and size it trained on (``None`` for a real dataset), its
+    epochs (x iterations), seed, torch threads and the seconds its training and testing took. The
+    rows of a ``make run`` say which trainings its time went to (docs/performance.md)."""
+    root = Path(root) if root is not None else cache_dir()
+    rows = []
+    for entry in sorted(root.glob(f"*/{ENTRY_FILE}")) if root.is_dir() else []:
+        if entry.parent.name.startswith(TMP_DIR_PREFIX):
+            continue
+        record = json.loads(entry.read_text())
+        parts, config = record["parts"], record["parts"]["config"]
+        puzzle = (parts["train_set"] or {}).get("puzzle") or {}
+        rows.append({"written": entry.stat().st_mtime, "key": record["key"], "method": parts["method"],
+                     "options": parts["options"], "puzzle": puzzle.get("puzzle"), "size": puzzle.get("size"),
+                     "data_seed": puzzle.get("seed"), "epochs": config["epochs"] * max(1, config.get("iterations", 1)),
+                     "seed": config["seed"], "threads": parts["code"].get("threads"), "seconds": record["seconds"]})
+    return sorted(rows, key=lambda row: row["written"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusionkit.lab.run_cache {info,clear}``."""
+    """``python -m fusionkit.lab.run_cache {info,clear,runs}``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m fusionkit.lab.run_cache",
                                      description="the cache of trained runs (see fusionkit.lab.run_cache)")
-    parser.add_argument("action", choices=("info", "clear"))
+    parser.add_argument("action", choices=("info", "clear", "runs"),
+                        help="info: size; clear: delete every entry; runs: every trained run with its seconds")
     args = parser.parse_args(argv)
     if args.action == "clear":
         print(f"removed {clear()} entries from {cache_dir()}")
+    elif args.action == "runs":
+        rows = runs()
+        for row in rows:
+            options = ",".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k not in ("dropout",))
+            print(f"{time.strftime('%H:%M:%S', time.localtime(row['written']))}  {row['seconds']:7.1f} s  "
+                  f"{row['method']}{f'({options})' if options else ''}  {row['puzzle'] or 'real data'}"
+                  + (f" {row['size']}px render {row['data_seed']}" if row["puzzle"] else "")
+                  + f"  {row['epochs']} epochs, seed {row['seed']}, {row['threads']} threads")
+        print(f"{len(rows)} runs, {sum(r['seconds'] for r in rows) / 60:.1f} min of training and testing")
     else:
         report = info()
         print(f"{report['path']}: {report['entries']} entries, {report['bytes'] / 1e6:.1f} MB")
