@@ -38,3 +38,18 @@ def test_variants_follow_the_same_shape(tmp_path):
     with pytest.raises(ValueError, match=r"variants\['SUM'\]\['order'\]: 'sum' is not a model output"):
         save_results("t", {}, {}, variants={"SUM": {"order": {"sum": s}}}, results_dir=tmp_path / "no")
     assert not (tmp_path / "no").exists()  # nothing written
+
+
+def test_results_record_the_machine_their_numbers_come_from(tmp_path):
+    """Fixed seeds give the same numbers only on the same kind of CPU: every results file says which."""
+    import torch
+
+    from fusionkit.lab.machine import cpu_model
+
+    s = seed_summary([1.0])
+    extra = json.loads(save_results("t", {}, {"order": {"late": s}}, results_dir=tmp_path).read_text())["extra"]
+    assert extra["machine"] == {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    given = {"cpu_model": "elsewhere"}  # a caller's own record (a benchmark's fuller one) is kept
+    saved = save_results("t", {}, {"order": {"late": s}}, extra={"machine": given, "seconds": 1}, results_dir=tmp_path)
+    assert json.loads(saved.read_text())["extra"] == {"machine": given, "seconds": 1}

@@ -36,6 +36,14 @@ def machine_description(device: torch.device) -> dict:
     return desc
 
 
+def numerics_machine() -> dict:
+    """What decides a CPU run's rounding, and so its numbers under fixed seeds: the CPU model, the
+    instruction set torch dispatches to, the torch version and its thread count (reductions split
+    over other thread counts add in another order)."""
+    return {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
 # ---- the machine's load: is it idle enough to measure? -------------------------------------------
 # A benchmark on a shared machine measures the other jobs too: on 2 cores with a load average of 5-8,
 # flow_tvl1.py reported tvl1-torch at 4.0-4.8x OpenCV's TV-L1, while on the idle machine with one

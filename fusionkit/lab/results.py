@@ -137,9 +137,16 @@ def validate_results(results: dict) -> list[str]:
 def save_results(notebook: str, params: dict, accuracy: dict, extra: dict | None = None,
                  results_dir: str | os.PathLike = "figures/results", variants: dict | None = None) -> Path:
     """Write the schema above to ``<results_dir>/<notebook>.json`` (atomically) and return its path;
-    ValueError listing every departure from the schema, before anything is written."""
+    ValueError listing every departure from the schema, before anything is written.
+
+    ``extra["machine"]`` records what the numbers were computed on (unless the caller gave one): the
+    CPU model and instruction set, torch and its thread count. Same seeds give the same numbers on
+    the same kind of machine, but not across CPUs: an AMD EPYC and an Intel Xeon (both AVX-512) run
+    other convolution kernels, whose rounding differs and grows over training (docs/performance.md)."""
+    from fusionkit.lab.machine import numerics_machine
+
     results = _jsonable({"notebook": notebook, "params": params, "accuracy": accuracy, "variants": variants or {},
-                         "extra": extra or {}})
+                         "extra": {"machine": numerics_machine(), **(extra or {})}})
     problems = validate_results(results)
     if problems:
         raise ValueError(f"{notebook}: the results do not follow the schema:\n  " + "\n  ".join(problems))
