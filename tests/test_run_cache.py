@@ -289,7 +289,8 @@ def test_runs_lists_what_was_trained_with_its_seconds(data_dir, private_cache, c
     late = cached_run("late", train_set, classes, eval_sets={"test": test_set}, config=CONFIG)
     fused = cached_run("spatial", train_set, classes, eval_sets={"test": test_set}, config=replace(CONFIG, seed=3),
                        init_from=late.model, fusion="sum")
-    (private_cache / f"{run_cache.TMP_DIR_PREFIX}x").mkdir()  # a partial write is not a run
+    partial = private_cache / f"{run_cache.TMP_DIR_PREFIX}x"  # a partial write, even one with its entry.json, is not a run
+    shutil.copytree(private_cache / late.key, partial)
     rows = run_cache.runs()
     assert [r["method"] for r in rows] == ["late", "spatial"] and [r["key"] for r in rows] == [late.key, fused.key]
     assert rows[1]["options"]["fusion"] == "sum" and rows[1]["seed"] == 3 and rows[0]["seed"] == 0

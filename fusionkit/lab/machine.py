@@ -19,29 +19,28 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def machine_description(device: torch.device) -> dict:
-    """Platform, CPU, threads, torch/CUDA versions, the device (with the GPU's name and memory) and
-    the load average when the measurement started (other jobs on a shared machine slow it down)."""
-    cpu = cpu_model()
-    desc = {"platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        desc.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return desc
-
-
 def numerics_machine() -> dict:
     """What decides a CPU run's rounding, and so its numbers under fixed seeds: the CPU model, the
     instruction set torch dispatches to, the torch version and its thread count (reductions split
     over other thread counts add in another order)."""
     return {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def machine_description(device: torch.device) -> dict:
+    """Platform, CPU, threads, torch/CUDA versions, the device (with the GPU's name and memory) and
+    the load average when the measurement started (other jobs on a shared machine slow it down)."""
+    numerics = numerics_machine()
+    desc = {"platform": platform.platform(), **numerics, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else numerics["cpu_model"],
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        desc.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return desc
 
 
 # ---- the machine's load: is it idle enough to measure? -------------------------------------------

@@ -42,7 +42,8 @@ truncated or changed) is deleted and the run trained again, never trusted.
 **Turning it off, clearing it.** ``cache=False`` (:func:`cached_run`, ``puzzle_experiment``) or
 ``FUSIONKIT_RUN_CACHE=off`` in the environment trains every time. ``python -m fusionkit.lab.run_cache
 clear`` (or deleting the folder) empties it; ``python -m fusionkit.lab.run_cache info`` shows its
-size, ``... runs`` every trained run with the seconds it took. Entries are never evicted: a tiny-backbone run on a puzzle takes a few MB.
+size, ``... runs`` every trained run with the seconds it took. Entries are never evicted: a
+tiny-backbone run on a puzzle takes a few MB.
 
 **Why our own.** No well-kept library caches torch training runs keyed by content and source
 hash. The nearest, ``joblib.Memory`` (installed: joblib 1.6), keys a function call by pickling its
@@ -434,7 +435,7 @@ def runs(root: str | os.PathLike | None = None) -> list[dict]:
     rows of a ``make run`` say which trainings its time went to (docs/performance.md)."""
     root = Path(root) if root is not None else cache_dir()
     rows = []
-    for entry in sorted(root.glob(f"*/{ENTRY_FILE}")) if root.is_dir() else []:
+    for entry in root.glob(f"*/{ENTRY_FILE}") if root.is_dir() else []:
         if entry.parent.name.startswith(TMP_DIR_PREFIX):
             continue
         record = json.loads(entry.read_text())
