@@ -29,38 +29,37 @@ venv`` + ``pip install opencv-contrib-python-headless numpy``; needs PyPI once).
 ``cv2.setNumThreads(1)``). Every row records its processes and threads; the JSON's ``conditions``
 hold the load average before and after, and the script warns when other jobs keep the machine
 busy (:func:`fusionkit.lab.machine.check_load`): speeds from a busy machine are not to be quoted.
-On the idle 2-core machine, one process x one thread each, tvl1-torch ran at 1.7x OpenCV's TV-L1's
-pairs/s at 112x112 and 2.2x at 320x240 (issue 17's measurement; the same flow within 0.01 px); the
-4.0-4.8x below came from 2 processes each on a machine with a load of 5-8, and is not a per-core ratio.
 
-Results (benchmarks/results/flow_tvl1.json): a 2-core AMD EPYC VM (Zen 4) shared with other jobs
-(load average 4.6 to 6.3 during the run, so every number is slower than on an idle machine, OpenCV's
-TV-L1 too: 0.85 s per 112x112 puzzle pair per core), no GPU; 24 pairs per case, best of 3; pairs/s
-with both cores, and in brackets the speed relative to OpenCV's TV-L1 in the same run:
+Results (benchmarks/results/flow_tvl1.json, 2026-12-03): ``--processes 1`` on an idle 2-core Intel
+Xeon VM (AVX-512; load average 0.4 at the start, nothing else running), no GPU; one process with one
+thread for every backend, 24 pairs per case, best of 3; pairs/s per core, and in brackets the speed
+relative to OpenCV's TV-L1 in the same run:
 
-    size     source  tvl1-torch        tvl1-torch        OpenCV TV-L1   Farneback   DIS
-                     2 proc x 1 thr    1 proc x 2 thr    2 proc x 1 thr
-    112x112  puzzle  10.8 (4.6x)       2.7 (1.1x)        2.36           402         369
-    112x112  real    15.2 (4.0x)       3.4 (0.9x)        3.78           394         353
-    320x240  puzzle  2.76 (4.8x)       0.33 (0.6x)       0.57           43          53
-    320x240  real    2.83 (4.2x)       0.43 (0.65x)      0.67           33          47
+    size     source  tvl1-torch     OpenCV TV-L1   Farneback   DIS
+    112x112  puzzle  6.59 (2.6x)    2.53           256         431
+    112x112  real    9.62 (2.5x)    3.86           211         416
+    320x240  puzzle  1.25 (3.0x)    0.41           38          79
+    320x240  real    2.46 (2.9x)    0.86           42          61
 
 EPE against the puzzles' ground truth (whole frame / moving sprites), px:
 
     size     tvl1-torch      OpenCV TV-L1    Farneback       DIS
-    112x112  0.291 / 0.598   0.291 / 0.606   0.217 / 0.210   0.620 / 0.291
+    112x112  0.291 / 0.599   0.291 / 0.606   0.217 / 0.210   0.620 / 0.291
     320x240  0.679 / 1.799   0.681 / 1.800   0.365 / 3.620   1.627 / 1.711
 
 tvl1-torch's flow is 0.008 to 0.014 px from OpenCV's TV-L1 on average (puzzles and vtest.avi alike).
-So the target (at least OpenCV's TV-L1's pairs/s on the same 2 cores, EPE within 10% of its) is met,
-with one process per core: 4.0x to 4.8x OpenCV's speed at the same EPE. With one process and 2 torch
-threads instead it is not met on this loaded machine (0.6x to 1.1x): every one of the thousands of
-small operations waits for both threads, so one descheduled thread stalls it (at a quieter moment
-during development, load average 3, an earlier version ran 20 pairs/s that way on 48 puzzle pairs at
-112x112, 1.6x its one-thread speed). Batching helps most on small frames: one thread goes from
-6.0 pairs/s one pair at a time to 11.1 with 8 pairs per chunk at 112x112, but only from 1.36 to
-1.53 (2 pairs) at 320x240, where larger chunks overflow the cache; hence the default of 2^18 pixels
-per chunk (20 pairs of 112x112, 3 of 320x240).
+So the target (at least OpenCV's TV-L1's pairs/s on the same cores, EPE within 10% of its) is met
+per core: 2.5x to 3.0x OpenCV's speed at the same EPE. The same measurement on an idle 2-core AMD EPYC
+(issue 17) gave 1.7x at 112x112 and 2.2x at 320x240: the ratio depends on the CPU. An earlier run
+with 2 processes each on a machine with a load of 5-8 reported 4.0-4.8x; that is not a per-core
+ratio, and the busy-machine warning (above) now flags such runs.
+
+Batching helps most on small frames: at 112x112 one thread goes from 4.1 pairs/s one pair at a time
+to 7.7 with 8 pairs per chunk (this run's sweep). At 320x240 larger chunks overflow the cache: on
+the AMD machine 2 pairs per chunk was best (1.53 against 1.36 pairs/s), here 1 pair (1.70, against
+1.25 at the default's 3). Hence the default of 2^18 pixels per chunk (20 pairs of 112x112, 3 of
+320x240), chosen on the AMD machine; on this Intel one, 320x240 would gain about 1.35x from
+chunks of one pair.
 """
 from __future__ import annotations
 

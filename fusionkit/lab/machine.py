@@ -45,9 +45,10 @@ def machine_description(device: torch.device) -> dict:
 
 # ---- the machine's load: is it idle enough to measure? -------------------------------------------
 # A benchmark on a shared machine measures the other jobs too: on 2 cores with a load average of 5-8,
-# flow_tvl1.py reported tvl1-torch at 4.0-4.8x OpenCV's TV-L1, while on the idle machine with one
-# process and one thread each it is 1.7x (112x112) and 2.2x (320x240). So each benchmark records the
-# load before and after, the processes and threads it used, and warns when the machine is busy.
+# flow_tvl1.py reported tvl1-torch at 4.0-4.8x OpenCV's TV-L1, while on an idle machine with one
+# process and one thread each it is 1.7x (112x112) and 2.2x (320x240) on an AMD EPYC, 2.5-3.0x on an
+# Intel Xeon. So each benchmark records the load before and after, the processes and threads it used,
+# and warns when the machine is busy.
 
 BUSY_FRACTION = 0.5  # busy: other jobs' 1-minute load average above this fraction of the cores
 
