@@ -9,14 +9,17 @@
    size (tiny backbone, 64x64, T=3 segments, L=5, batch 8); where CUDA is used also at 224x224 with
    ResNet-50 towers (random weights), bf16 autocast and channels_last, as the Trainer runs on a GPU.
    clips/s = batch / median step time, the methods taking turns step by step; ``vs_late`` is each
-   method's clips/s over late fusion's in the same run.
+   method's clips/s over late fusion's in the same run. ``--cpu-bf16``: every CPU step is also taken under
+   ``torch.autocast("cpu", bfloat16)``, right after its fp32 twin (``bf16_vs_fp32``). The Trainer keeps
+   fp32 on the CPU: bf16 is only faster on CPUs with bf16 units (AMX, AVX-512 BF16; ``cpu_bf16_hardware``
+   records which), and it rounds differently, so every committed number would move.
 2. Loader vs model. A rendered ``registration`` puzzle (as :func:`fusionkit.lab.experiments.puzzle_datasets`
    prepares it), the late-fusion model, the Trainer's own loader (:func:`fusionkit.training.runtime.make_loader`,
    a fresh one each epoch): seconds per batch spent waiting for the next batch vs in
    device copy + forward + backward + step, for ``in_memory`` False / True and ``num_workers`` 0 / 2,
    measured on an epoch that follows a loading-only one (:func:`loader_model_split`).
 
-    python benchmarks/training_throughput.py [--quick] [--device cpu|cuda|auto] [--threads N]
+    python benchmarks/training_throughput.py [--quick] [--device cpu|cuda|auto] [--threads N] [--cpu-bf16]
 
 Results go to ``benchmarks/results/training_throughput.json``.
 """
@@ -38,6 +41,7 @@ from fusionkit.data.atomic import atomic_write_text
 from fusionkit.data.dataset import build_dataset
 from fusionkit.data.puzzles import get_puzzle, prepare_puzzle
 from fusionkit.methods import build_model, get_method
+from fusionkit.methods.recipe import split_options
 from fusionkit.lab.machine import finish_conditions, machine_description, measurement_conditions
 from fusionkit.training.schedules import SCHEDULES, make_optimizer
 from fusionkit.training.trainer import TrainConfig
@@ -60,15 +64,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_bf16_hardware() -> list[str]:
+    """The CPU's bf16 instruction sets as /proc/cpuinfo names them (AMX tiles, AVX-512 BF16); empty where
+    it has none or does not say: there bf16 autocast is emulated and slower than fp32."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(set(flags.split()) & {"amx_bf16", "avx512_bf16"})
+
+
 def build_method(name: str, backbone: str, new_length: int, device: torch.device):
     """(model, objective, optimizer, method) of a bench entry, on ``device`` as the Trainer puts it
     there (channels_last on CUDA)."""
     entry = BENCH_ENTRIES.lookup(name)
     method = get_method(entry.method)
+    model_options, training_options = split_options(entry.method, entry.options)
     config = TrainConfig(schedule=method.schedule, **method.train_defaults)
+    if method.configure is not None:  # a training option (CMMP's hinge, svm) configures the objective, as run_method does
+        config = method.configure(config, **training_options)
     torch.manual_seed(0)
     model = build_model(entry.method, NUM_CLASSES, backbone=backbone, new_length=new_length, pretrained=False,
-                        **entry.options)
+                        **model_options)
     if method.schedule == "alternate":  # the objective trains one branch: freeze the other, as the Trainer does
         model.train_branch(config.first_branch)
     model.to(device)
@@ -77,10 +94,11 @@ def build_method(name: str, backbone: str, new_length: int, device: torch.device
     return model, SCHEDULES[method.schedule](config), make_optimizer(model.parameters(), config), method
 
 
-def train_step(model, objective, optimizer, batch: dict, device: torch.device) -> None:
-    """One step of Trainer.train_epoch, without its bookkeeping of losses and accuracies."""
+def train_step(model, objective, optimizer, batch: dict, device: torch.device, cpu_bf16: bool = False) -> None:
+    """One step of Trainer.train_epoch, without its bookkeeping of losses and accuracies; ``cpu_bf16``: under
+    ``torch.autocast("cpu", bfloat16)``, which the Trainer does not use (measured here, see ``--cpu-bf16``)."""
     batch = to_device(batch, device)
-    with autocast(device):
+    with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else autocast(device):
         out = model(batch["rgb"], batch["flow"])
         losses = objective(out, batch["label"])
     loss = sum(losses.values())
@@ -93,38 +111,48 @@ def train_step(model, objective, optimizer, batch: dict, device: torch.device) -
 
 
 def method_throughput(names: list[str], backbone: str, size: int, segments: int, new_length: int, batch: int,
-                      device: torch.device, warmup: int, steps: int) -> dict:
+                      device: torch.device, warmup: int, steps: int, cpu_bf16: bool = False) -> dict:
     """clips/s of a training step of each method on a random in-memory batch (model time only).
 
     The methods take turns, one step each per round, so that a burst of load from other jobs on a
-    shared machine slows every method alike instead of whichever was running (the ratios stay fair)."""
+    shared machine slows every method alike instead of whichever was running (the ratios stay fair).
+    ``cpu_bf16``: each method also takes a step under CPU bf16 autocast right after its fp32 one, on
+    the same model (``bf16_clips_per_s``, ``bf16_vs_fp32``)."""
     g = torch.Generator().manual_seed(0)
     data = {"rgb": torch.rand(batch, segments, 3, size, size, generator=g),
             "flow": torch.randn(batch, segments, 2 * new_length, size, size, generator=g),
             "label": torch.arange(batch) % NUM_CLASSES}  # every class twice in a batch of 8: CCS has positives
     data = to_device(data, device)
     built = {name: build_method(name, backbone, new_length, device) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
+    precisions = (False, True) if cpu_bf16 else (False,)
+    times = {(name, bf16): [] for name in names for bf16 in precisions}
     for round_ in range(warmup + steps):
         for name, (model, objective, optimizer, _) in built.items():
             model.train()
-            start = time.perf_counter()
-            train_step(model, objective, optimizer, data, device)
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+            for bf16 in precisions:
+                start = time.perf_counter()
+                train_step(model, objective, optimizer, data, device, cpu_bf16=bf16)
+                if round_ >= warmup:
+                    times[name, bf16].append(time.perf_counter() - start)
     rows = {}
     for name, (model, _, _, method) in built.items():
-        median = statistics.median(times[name])
+        median = statistics.median(times[name, False])
         rows[name] = {"what": METHODS.get(name, name), "method": method.name, "options": BENCH_ENTRIES[name].options,
                       "schedule": method.schedule, "clips_per_s": batch / median, "step_ms_median": 1e3 * median,
-                      "step_ms": [round(1e3 * t, 2) for t in times[name]],
+                      "step_ms": [round(1e3 * t, 2) for t in times[name, False]],
                       "trainable_params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
+        if cpu_bf16:
+            bf16_median = statistics.median(times[name, True])
+            rows[name].update(bf16_clips_per_s=batch / bf16_median, bf16_step_ms_median=1e3 * bf16_median,
+                              bf16_vs_fp32=median / bf16_median)
     if "late" in rows:
         for row in rows.values():
             row["vs_late"] = row["clips_per_s"] / rows["late"]["clips_per_s"]
     for name, row in rows.items():
         print(f"  {name:27s} {row['clips_per_s']:9.1f} clips/s  ({row['step_ms_median']:.1f} ms/step, "
-              f"{row.get('vs_late', float('nan')):.2f}x late)", flush=True)
+              f"{row.get('vs_late', float('nan')):.2f}x late)"
+              + (f"; bf16 autocast {row['bf16_clips_per_s']:.1f} clips/s, {row['bf16_vs_fp32']:.2f}x fp32"
+                 if cpu_bf16 else ""), flush=True)
     return rows
 
 
@@ -229,6 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder of rendered puzzles and flow")
     parser.add_argument("--no-split", dest="split", action="store_false", help="skip the loader vs model split")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="also time every CPU step under bf16 autocast (fast only on CPUs with bf16 units)")
     parser.add_argument("--note", action="append", default=[], help="a line for the JSON's notes (repeatable)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
@@ -258,8 +288,9 @@ def run(args: argparse.Namespace) -> dict:
     report["throughput"]["cpu_tiny"] = {
         "device": "cpu", "backbone": "tiny", "size": args.size, "segments": args.segments,
         "new_length": args.new_length, "batch": args.batch, "autocast": None, "channels_last": False,
+        "bf16_autocast_compared": args.cpu_bf16, "cpu_bf16_hardware": cpu_bf16_hardware(),
         "methods": method_throughput(args.methods, "tiny", args.size, args.segments, args.new_length, args.batch,
-                                     cpu, warmup, steps)}
+                                     cpu, warmup, steps, cpu_bf16=args.cpu_bf16)}
     if device.type == "cuda":
         print(f"methods, CUDA, ResNet-50 224x224, batch {args.cuda_batch}, bf16 autocast, channels_last:", flush=True)
         report["throughput"]["cuda_resnet50_224"] = {
