@@ -179,7 +179,19 @@ def test_progress_of_a_real_run_shows_cells_and_the_bar(tmp_path):
 def test_headline():
     s = seed_summary
     assert rn.notebook_headline({"accuracy": {"order": {"rgb": s([0.3]), "cmmp-S": s([1.0]), "late": s([0.4])},
-                                              "conjunction": {"late": s([1.0])}}}) == "order: cmmp-S 1.00"
+                                              "conjunction": {"late": s([1.0])}}}) == "order: cmmp-S 1.00 (late 0.40)"
+    # notebook 03's shape: the plain flow stream is the best output of `accuracy`, but the headline is the
+    # variant that gains most over late fusion on its puzzle, and a tie goes to the fused output (-S)
+    registration = {"late": s([0.42]), "rgb": s([0.25]), "flow": s([0.44])}
+    variants = {"fusion=sum": {"registration": {"spatial-S": s([0.6])}},
+                "fusion=bilinear": {"registration": {"spatial-S": s([1.0])}},
+                "fusion=conv3d": {"order": {"conv_fusion-R": s([1.0, 1.0]), "conv_fusion-S": s([1.0, 1.0])}}}
+    assert rn.notebook_headline({"accuracy": {"registration": registration, "order": {"late": s([0.39])}},
+                                 "variants": variants}) == "fusion=conv3d order: conv_fusion-S 1.00 ± 0.00 (late 0.39)"
+    # notebook 02's shape: late fusion is the only fusion, so where it gains most over the plain streams
+    assert rn.notebook_headline({"accuracy": {"appearance": {"rgb": s([0.99]), "flow": s([0.3]), "late": s([0.94])},
+                                              "conjunction": {"rgb": s([0.5]), "flow": s([0.6]), "late": s([0.97])}}}) \
+        == "conjunction: late 0.97 (rgb 0.50, flow 0.60)"
     assert rn.notebook_headline({"accuracy": {"order": {"late": s([0.5, 0.7])}}}) == "order: late 0.60 ± 0.10"
     assert rn.notebook_headline({"accuracy": {}, "variants": {"fusion=sum": {"registration": {"spatial-S": s([0.9])}}}}) \
         == "fusion=sum registration: spatial-S 0.90"
@@ -214,14 +226,14 @@ def test_run_notebooks_records_timings_machine_and_load(tmp_path):
     assert alpha["status"] == beta["status"] == "ok" and 0.2 < alpha["seconds"] < extra["total_seconds"]
     assert (alpha["cells"], alpha["cells_done"], beta["cells"]) == (4, 4, 3)  # parameters injected
     assert len(alpha["load_before"]) == len(alpha["load_after"]) == 3
-    assert alpha["headline"] == "conjunction: late 0.95 ± 0.05" and beta["headline"] == ""
+    assert alpha["headline"] == "conjunction: late 0.95 ± 0.05 (rgb 0.55)" and beta["headline"] == ""
     assert json.loads((figures / "results" / "00_alpha.json").read_text())["params"] == {"SMOKE": False}
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     out = stream.getvalue()
     assert "executing 00_alpha.ipynb" in out and "  00_alpha: 4/4 cells in 0:" in out
     table = out[out.index("notebook "):].splitlines()
     assert table[0].split() == ["notebook", "minutes", "expected", "headline"]
-    assert table[1].split()[0] == "00_alpha" and table[1].endswith("conjunction: late 0.95 ± 0.05")
+    assert table[1].split()[0] == "00_alpha" and table[1].endswith("conjunction: late 0.95 ± 0.05 (rgb 0.55)")
     assert table[3].split()[0] == "total"
 
     # the next run shows the last run's times as expected
@@ -242,9 +254,9 @@ def test_the_assignments_instructor_versions_run_after_the_series_and_are_record
     assert json.loads((figures / "results" / "a1_gamma.json").read_text())["params"] == {"SMOKE": True}
     record = json.loads((figures / "results" / "make_run_smoke.json").read_text())
     assert record["params"]["notebooks"] == ["00_alpha", "01_beta", "a1_gamma"]
-    assert record["extra"]["notebooks"]["a1_gamma"]["headline"] == "conjunction: late 0.95 ± 0.05"
+    assert record["extra"]["notebooks"]["a1_gamma"]["headline"] == "conjunction: late 0.95 ± 0.05 (rgb 0.55)"
     table = stream.getvalue()[stream.getvalue().index("notebook "):].splitlines()
-    assert table[3].split()[0] == "a1_gamma" and table[3].endswith("conjunction: late 0.95 ± 0.05")
+    assert table[3].split()[0] == "a1_gamma" and table[3].endswith("conjunction: late 0.95 ± 0.05 (rgb 0.55)")
 
 
 def test_make_run_covers_the_course_assignments():
@@ -296,7 +308,7 @@ def test_timing_table_and_readme_update(tmp_path):
     assert lines[0].startswith("`make run` on ") and "cores" in lines[0] and "load average" in lines[0]
     assert lines[2:4] == ["| notebook | minutes | headline |", "|---|---|---|"]
     assert lines[4] == f"| `00_alpha` | {record['extra']['notebooks']['00_alpha']['seconds'] / 60:.1f} | " \
-                       f"conjunction: late 0.95 ± 0.05 |"
+                       f"conjunction: late 0.95 ± 0.05 (rgb 0.55) |"
     assert lines[5].startswith("| `01_beta` |") and lines[5].endswith("| – |")
     assert lines[-1].startswith("| **total** |")
 
