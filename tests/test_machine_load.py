@@ -1,8 +1,12 @@
 """fusionkit.lab.machine's load check: a benchmark warns when other jobs keep the machine busy (the
-1-minute load average above half the cores) and records the load at both ends with the processes
-and threads it used. os.getloadavg and os.cpu_count are patched: no real load is needed."""
+1-minute load average above half the cores) and the cores busy right now agree) and records the load at
+both ends with the processes and threads it used. os.getloadavg, os.cpu_count and the /proc/stat sample
+are patched: no real load is needed, except in the sample's own test."""
 from __future__ import annotations
 
+import sys
+import threading
+import time
 import warnings
 
 import pytest
@@ -12,10 +16,11 @@ from fusionkit.lab import machine
 
 @pytest.fixture
 def fake_machine(monkeypatch):
-    """A 4-core machine whose load average the test sets."""
-    state = {"load": (0.0, 0.0, 0.0)}
+    """A 4-core machine whose load average the test sets; no /proc/stat sample unless it sets one."""
+    state = {"load": (0.0, 0.0, 0.0), "now": None}
     monkeypatch.setattr(machine.os, "getloadavg", lambda: state["load"])
     monkeypatch.setattr(machine.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(machine, "busy_cores_now", lambda: state["now"])
     return state
 
 
@@ -24,8 +29,8 @@ def test_idle_machine_gives_no_warning(fake_machine):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         report = machine.check_load("bench")
-    assert report == {"load_average": [1.9, 3.0, 5.0], "others_load": 1.9, "cpu_count": 4, "busy_threshold": 2.0,
-                      "busy": False}
+    assert report == {"load_average": [1.9, 3.0, 5.0], "others_load": 1.9, "busy_cores_now": None, "cpu_count": 4,
+                      "busy_threshold": 2.0, "busy": False}
 
 
 def test_busy_machine_warns_naming_the_benchmark_and_the_load(fake_machine):
@@ -70,3 +75,35 @@ def test_default_threads_are_torchs(fake_machine):
     import torch
 
     assert machine.measurement_conditions("x")["threads_per_process"] == torch.get_num_threads()
+
+
+def test_a_lagging_load_average_with_idle_cores_is_not_busy(fake_machine):
+    fake_machine.update(load=(2.5, 1.0, 1.0), now=0.1)  # a job that just ended: the average still counts it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert machine.check_load("make run")["busy"] is False
+    fake_machine["now"] = 3.2  # still running
+    with pytest.warns(machine.MachineBusyWarning, match=r"load average 2\.50; 3\.20 cores busy now, above 0\.5 x 4"):
+        assert machine.check_load("make run")["busy"] is True
+
+
+def test_busy_cores_from_two_proc_stat_readings():
+    # two cores, 100 jiffies each: core 0 spent 75 in user + system (idle 20, iowait 5), core 1 idle
+    before = [[100, 0, 50, 1000, 10, 0, 0, 0], [0, 0, 0, 2000, 0, 0, 0, 0]]
+    after = [[160, 0, 65, 1020, 15, 0, 0, 0], [0, 0, 0, 2100, 0, 0, 0, 0]]
+    assert machine.busy_cores(before, after) == pytest.approx(0.75)
+    assert machine.busy_cores(before, before) == 0.0  # no time passed: nothing counted
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
+def test_a_spinning_thread_shows_in_the_sample():
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.1)
+        busy = machine.busy_cores_now(interval=1.0)
+    finally:
+        stop.set()
+        spinner.join()
+    assert busy is not None and busy >= 0.5  # one core spun (other jobs only add to it)
