@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,7 +176,50 @@ def test_blocks_registered_from_outside_the_package_are_keyed_by_their_source(tm
                       "        return rgb * flow.sigmoid(), flow\n")
     import_plugins((str(plugin),))
     sources = run_cache._foreign_sources()
-    assert any("class CacheGate" in text for name, text in sources.items() if name.startswith("fusion:run_cache_test_gate"))
+    assert any("class CacheGate" in text and "fusion:run_cache_test_gate:CacheGate" in text
+               for text in sources.values())
+
+
+def test_a_helper_beside_a_plugin_block_is_part_of_its_key(tmp_path):
+    """The block calls a function of its file: editing that function alone changes the key."""
+    from fusionkit.lab.bench import import_plugins
+
+    def plugin(scale: str) -> Path:
+        path = tmp_path / f"helper_blocks_{scale.replace('.', '_')}.py"
+        path.write_text("from fusionkit.fusion import FusionBlock, register_fusion\n"
+                        f"def mix(rgb, flow):\n    return rgb + {scale} * flow\n"
+                        "@register_fusion('run_cache_test_helper')\n"
+                        "class HelperBlock(FusionBlock):\n"
+                        "    def fuse(self, rgb, flow):\n"
+                        "        return mix(rgb, flow), flow\n")
+        return path
+
+    import_plugins((str(plugin("0.5")),))
+    before = run_cache._foreign_sources()
+    from fusionkit.fusion import FUSIONS
+    dict.pop(FUSIONS, "run_cache_test_helper")
+    import_plugins((str(plugin("2.0")),))
+    after = run_cache._foreign_sources()
+    assert before != after and any("2.0 * flow" in text for text in after.values())
+
+
+def test_a_block_defined_without_a_source_file_makes_runs_uncacheable(monkeypatch):
+    """A notebook cell's block lives in __main__, which has no file: its cells cannot be traced."""
+    import types
+
+    from fusionkit.fusion import FusionBlock, register_fusion
+
+    cell = types.ModuleType("notebook_cell_module")  # like a kernel's __main__: no __file__
+    monkeypatch.setitem(sys.modules, "notebook_cell_module", cell)
+    exec("from fusionkit.fusion import FusionBlock\n"
+         "class CellBlock(FusionBlock):\n"
+         "    def fuse(self, rgb, flow):\n"
+         "        return rgb + flow, flow\n", cell.__dict__)
+    cell.CellBlock.__module__ = "notebook_cell_module"
+    register_fusion("run_cache_test_cell")(cell.CellBlock)
+    with pytest.raises(run_cache.Uncacheable, match=r"fusion 'run_cache_test_cell' is defined in notebook_cell_module, "
+                                                    r"whose source cannot be read .* put it in a \.py file"):
+        run_cache._foreign_sources()
 
 
 def test_a_request_without_identity_is_trained_not_cached(data_dir, private_cache, monkeypatch):

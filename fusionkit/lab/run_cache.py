@@ -24,9 +24,10 @@ scores, exactly what training would give.
   identity of the run that trained it and stays right for a model changed since or trained
   outside the cache;
 - the code: a hash of every ``.py`` file of the fusionkit package, so any change to the library
-  misses, and the source of fusion blocks, methods and schedules registered from outside it (a
-  student's block in a plugin file or a notebook cell; a call using a registry whose entry's
-  source cannot be read is trained, not cached, with a warning); the versions of torch and numpy
+  misses, and the whole source file of every module that registers fusion blocks, methods or
+  schedules from outside it (a student's plugin file, helpers beside the block included; a block
+  defined in a notebook cell has no file, so while it is registered runs are trained, not cached,
+  with a warning that says how to cache them); the versions of torch and numpy
   and torch's number of CPU threads (reductions on several threads can round differently).
 
 **Entries** live in ``<FUSIONKIT_BUILD or <project>/build>/run-cache/<key>/`` (:func:`cache_dir`):
@@ -126,14 +127,17 @@ def source_hash(package_dir: str | os.PathLike | None = None) -> str:
 
 
 def _foreign_sources() -> dict[str, str]:
-    """The source of every registered fusion block, method (its builder and configure function) and
-    schedule defined outside the fusionkit package, by registry and name; Uncacheable when one's
-    source cannot be read."""
+    """The source of every module that defines a registered fusion block, method (its builder and
+    configure function) or schedule outside the fusionkit package, by module name, with what each
+    registers. The whole file, not the block's class alone: a helper function beside it in the same
+    file is part of what it computes (modules that file imports in turn are not followed). Uncacheable
+    when a module has no source file to read: a block defined in a notebook cell lives in
+    ``__main__``, whose other cells it may call and which cannot be traced."""
     from fusionkit.fusion import FUSIONS
     from fusionkit.methods.recipe import METHODS
     from fusionkit.training.schedules import SCHEDULES
 
-    sources = {}
+    sources, registered = {}, {}
     for kind, registry in (("fusion", FUSIONS), ("method", METHODS), ("schedule", SCHEDULES)):
         registry._load()
         for name, obj in sorted(dict.items(registry)):
@@ -142,11 +146,23 @@ def _foreign_sources() -> dict[str, str]:
                 module = getattr(part, "__module__", None) or ""
                 if part is None or module == "fusionkit" or module.startswith("fusionkit."):
                     continue
-                try:
-                    sources[f"{kind}:{name}:{getattr(part, '__qualname__', '')}"] = inspect.getsource(part)
-                except (OSError, TypeError) as e:
-                    raise Uncacheable(f"the source of {kind} {name!r} ({module}) cannot be read ({e})") from None
-    return sources
+                if module not in sources:
+                    sources[module] = _module_source(module, f"{kind} {name!r}")
+                registered.setdefault(module, []).append(f"{kind}:{name}:{getattr(part, '__qualname__', '')}")
+    return {f"module:{module}": "\n".join(registered[module]) + "\n" + text for module, text in sources.items()}
+
+
+def _module_source(module: str, what: str) -> str:
+    loaded = sys.modules.get(module)
+    try:
+        if loaded is None or not getattr(loaded, "__file__", None):
+            raise OSError(f"module {module} has no source file")
+        return inspect.getsource(loaded)
+    except (OSError, TypeError) as e:
+        raise Uncacheable(f"{what} is defined in {module}, whose source cannot be read ({e}): in a notebook cell "
+                          f"or an interactive session the cells its code calls cannot be traced, so its runs are "
+                          f"trained, not cached; to cache them, put it in a .py file and import it (or give the "
+                          f"file to `fusionkit bench --plugins`)") from None
 
 
 def state_hash(model) -> str:
