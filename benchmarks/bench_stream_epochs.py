@@ -79,7 +79,9 @@ def main(argv=None) -> int:
                           f"({', '.join(f'{a:.2f}' for a in summary['seeds'])}), "
                           f"{result['seconds'][entry] / runs:.0f} s a run", flush=True)
     report = {"puzzle": args.puzzle, "size": args.size, "seeds": args.seeds, "data_seeds": args.data_seeds,
-              "settings": {k: v for k, v in asdict(base).items() if k not in ("puzzles", "seeds", "data_seeds")},
+              # the benchmark settings every row shares; what a row sweeps (epochs, lr) is in the row
+              "settings": {k: v for k, v in asdict(settings).items()
+                           if k not in ("puzzles", "seeds", "data_seeds", "epochs", "lr")},
               "rows": rows, "machine": machine_description(torch.device("cpu")),
               "conditions": finish_conditions(conditions)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import load_benchmark_script
 
 
@@ -16,13 +18,14 @@ def test_stream_epochs_rows(tmp_path, monkeypatch):
                  "--entries", "spatial(fusion=sum)", "--data", str(tmp_path / "data"), "--out", str(out)])
     report = json.loads(out.read_text())
     assert (report["puzzle"], report["size"], report["data_seeds"]) == ("conjunction", 32, [0, 1])
-    assert report["settings"]["videos_per_class"] == 4  # the --quick data
+    assert report["settings"]["videos_per_class"] == 4 and report["settings"]["size"] == 32  # the --quick data
+    assert "epochs" not in report["settings"] and "lr" not in report["settings"]  # swept: in the rows
     assert [(r["epochs"], r["finetune_epochs"], r["lr"]) for r in report["rows"]] == [(1, 1, 3e-3), (2, 1, 3e-3)]
     for row in report["rows"]:
         assert set(row["accuracy"]) == {"late", "spatial(fusion=sum)"} and row["runs"] == 2
         assert row["cached_runs"] == 0
         for summary in row["accuracy"].values():
             assert len(summary["seeds"]) == 2 and all(0 <= a <= 1 for a in summary["seeds"])
-            assert summary["mean"] == sum(summary["seeds"]) / 2
+            assert summary["mean"] == pytest.approx(sum(summary["seeds"]) / 2)
         assert set(row["seconds"]) == {"late", "spatial(fusion=sum)"} and min(row["seconds"].values()) > 0
     assert {"cpu_model", "cpu_count"} <= set(report["machine"]) and "end" in report["conditions"]

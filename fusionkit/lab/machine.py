@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 import warnings
 
 import torch
@@ -51,7 +50,7 @@ def machine_description(device: torch.device) -> dict:
 # Intel Xeon. So each benchmark records the load before and after, the processes and threads it used,
 # and warns when the machine is busy.
 
-BUSY_FRACTION = 0.5  # busy: other jobs above this fraction of the cores (load average and, on Linux, cores busy now)
+BUSY_FRACTION = 0.5  # busy: other jobs above this fraction of the cores (load average, and cores busy now)
 
 
 class MachineBusyWarning(UserWarning):
@@ -63,58 +62,34 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def busy_cores(before: list[int], after: list[int]) -> float:
-    """Cores kept busy between two readings of /proc/stat's ``cpu`` lines (one list of jiffies per
-    ``cpuN``: user nice system idle iowait irq softirq steal): the non-idle share of each core's
-    time (idle and iowait are idle), summed over the cores."""
-    total = 0.0
-    for t0, t1 in zip(before, after):
-        spent = sum(t1[:8]) - sum(t0[:8])
-        idle = (t1[3] + t1[4]) - (t0[3] + t0[4])
-        total += (spent - idle) / spent if spent > 0 else 0.0
-    return total
+def busy_cores_now(interval: float = 0.5) -> float:
+    """Cores busy right now: psutil's per-core CPU use over ``interval`` seconds, summed. The
+    1-minute load average lags: a make run started right after ``make install`` saw 1.1 on 2 cores
+    from pip alone, and called an idle machine busy."""
+    import psutil
 
-
-def _cpu_times() -> list[list[int]] | None:
-    try:
-        with open("/proc/stat") as f:
-            return [[int(v) for v in line.split()[1:9]] for line in f
-                    if line.startswith("cpu") and line[3:4].isdigit()]
-    except (OSError, ValueError):
-        return None
-
-
-def busy_cores_now(interval: float = 0.5) -> float | None:
-    """Cores busy right now, sampled from /proc/stat over ``interval`` seconds (Linux; ``None``
-    elsewhere). The 1-minute load average lags: a make run started right after ``make install``
-    saw 1.1 on 2 cores from pip alone, and called an idle machine busy."""
-    before = _cpu_times()
-    if not before:
-        return None
-    time.sleep(interval)
-    after = _cpu_times()
-    return round(busy_cores(before, after), 2) if after else None
+    return round(sum(psutil.cpu_percent(interval=interval, percpu=True)) / 100, 2)
 
 
 def check_load(what: str = "the benchmark", *, own_load: float = 0.0, fraction: float = BUSY_FRACTION,
                warn: bool = True) -> dict:
     """The load now, and whether the machine is busy: other jobs' load (the 1-minute load average
     less ``own_load``, the runnable threads this measurement itself keeps busy) above ``fraction``
-    of the cores and, where /proc/stat can be read, the cores busy right now (:func:`busy_cores_now`,
-    taken while this measurement runs nothing: at its start or after its end) above it too, so
-    that the load average's minute of lag does not count a finished job. Warns with
+    of the cores and, when it is, the cores busy right now (:func:`busy_cores_now`, sampled while
+    this measurement runs nothing: at its start or after its end; ``None`` when not needed) above it
+    too, so that the load average's minute of lag does not count a finished job. Warns with
     :class:`MachineBusyWarning` (naming ``what``) when it is and ``warn``."""
-    load, cores, now = load_average(), os.cpu_count() or 1, busy_cores_now()
+    load, cores = load_average(), os.cpu_count() or 1
     others = max(0.0, load[0] - own_load)
     threshold = fraction * cores
-    busy = others > threshold and (now is None or now > threshold)
+    now = busy_cores_now() if others > threshold else None
+    busy = now is not None and now > threshold
     if busy and warn:
         own = f", about {own_load:g} of it this measurement's own" if own_load else ""
-        sample = f"; {now:.2f} cores busy now" if now is not None else ""
         warnings.warn(MachineBusyWarning(
-            f"{what}: the machine is busy (1-minute load average {load[0]:.2f}{own}{sample}, above {fraction:g} x "
-            f"{cores} cores = {threshold:g}): other jobs share the cores, so its speeds are too low; rerun it "
-            f"on an idle machine to quote them"), stacklevel=2)
+            f"{what}: the machine is busy (1-minute load average {load[0]:.2f}{own}, above {fraction:g} x "
+            f"{cores} cores = {threshold:g}) with {now:.2f} cores busy now: other jobs share the cores, so its "
+            f"speeds are too low; rerun it on an idle machine to quote them"), stacklevel=2)
     return {"load_average": load, "others_load": round(others, 2), "busy_cores_now": now, "cpu_count": cores,
             "busy_threshold": threshold, "busy": busy}
 

@@ -137,7 +137,7 @@ def _foreign_sources() -> dict[str, str]:
     from fusionkit.methods.recipe import METHODS
     from fusionkit.training.schedules import SCHEDULES
 
-    sources, registered = {}, {}
+    registered: dict[str, list[tuple[str, str, str]]] = {}  # module -> (kind, name, qualname) it registers
     for kind, registry in (("fusion", FUSIONS), ("method", METHODS), ("schedule", SCHEDULES)):
         registry._load()
         for name, obj in sorted(dict.items(registry)):
@@ -146,18 +146,14 @@ def _foreign_sources() -> dict[str, str]:
                 module = getattr(part, "__module__", None) or ""
                 if part is None or module == "fusionkit" or module.startswith("fusionkit."):
                     continue
-                if module not in sources:
-                    sources[module] = _module_source(module, f"{kind} {name!r}")
-                registered.setdefault(module, []).append(f"{kind}:{name}:{getattr(part, '__qualname__', '')}")
-    return {f"module:{module}": "\n".join(registered[module]) + "\n" + text for module, text in sources.items()}
+                registered.setdefault(module, []).append((kind, name, getattr(part, "__qualname__", "")))
+    return {f"module:{module}": "".join(f"{kind}:{name}:{qualname}\n" for kind, name, qualname in parts)
+            + _module_source(module, f"{parts[0][0]} {parts[0][1]!r}") for module, parts in registered.items()}
 
 
 def _module_source(module: str, what: str) -> str:
-    loaded = sys.modules.get(module)
-    try:
-        if loaded is None or not getattr(loaded, "__file__", None):
-            raise OSError(f"module {module} has no source file")
-        return inspect.getsource(loaded)
+    try:  # TypeError for a module without a file (a notebook kernel's __main__) or none loaded
+        return inspect.getsource(sys.modules.get(module))
     except (OSError, TypeError) as e:
         raise Uncacheable(f"{what} is defined in {module}, whose source cannot be read ({e}): in a notebook cell "
                           f"or an interactive session the cells its code calls cannot be traced, so its runs are "

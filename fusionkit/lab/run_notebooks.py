@@ -382,6 +382,7 @@ def notebook_headline(results: dict) -> str:
         return own
     accuracy = results.get("accuracy") or {}
     groups = [("", accuracy)] + [(f"{label} ", acc) for label, acc in (results.get("variants") or {}).items()]
+    # (variant label, dataset, output, its summary, its place among the run's outputs)
     rows = [(label, dataset, output, summary, place) for label, acc in groups for dataset, outputs in acc.items()
             for place, (output, summary) in enumerate(outputs.items())]
 
@@ -389,26 +390,25 @@ def notebook_headline(results: dict) -> str:
         spread = f" ± {summary['std']:.2f}" if len(summary.get("seeds", ())) > 1 else ""
         return f"{summary['mean']:.2f}{spread}"
 
-    def late(dataset: str) -> dict | None:
-        return (accuracy.get(dataset) or {}).get("late")
+    def late_mean(dataset: str) -> float:
+        return accuracy[dataset]["late"]["mean"]
 
-    fused = [r for r in rows if r[2] not in ("late", *PLAIN_STREAMS) and late(r[1])]
+    fused = [r for r in rows if r[2] not in ("late", *PLAIN_STREAMS) and "late" in accuracy.get(r[1], {})]
     if fused:
         # a tie goes to the later output of a run: the fused one comes after its towers' (-R, -F, -S)
-        label, dataset, output, summary, _ = max(fused, key=lambda r: (r[3]["mean"] - late(r[1])["mean"], r[4]))
-        return f"{label}{dataset}: {output} {value(summary)} (late {late(dataset)['mean']:.2f})"
-    with_streams = [d for d, outputs in accuracy.items() if "late" in outputs and set(PLAIN_STREAMS) & set(outputs)]
-    if with_streams:
-        def plain(dataset: str) -> dict:
-            return {s: accuracy[dataset][s]["mean"] for s in PLAIN_STREAMS if s in accuracy[dataset]}
-        dataset = max(with_streams, key=lambda d: late(d)["mean"] - max(plain(d).values()))
-        streams = ", ".join(f"{s} {mean:.2f}" for s, mean in plain(dataset).items())
-        return f"{dataset}: late {value(late(dataset))} ({streams})"
-    for label, dataset, *_ in rows[:1]:
-        outputs = {r[2]: r[3] for r in rows if r[:2] == (label, dataset)}
-        output, summary = max(outputs.items(), key=lambda kv: kv[1]["mean"])
-        return f"{label}{dataset}: {output} {value(summary)}"
-    return ""
+        label, dataset, output, summary, _ = max(fused, key=lambda r: (r[3]["mean"] - late_mean(r[1]), r[4]))
+        return f"{label}{dataset}: {output} {value(summary)} (late {late_mean(dataset):.2f})"
+    plain = {d: {s: outputs[s]["mean"] for s in PLAIN_STREAMS if s in outputs}
+             for d, outputs in accuracy.items() if "late" in outputs}
+    if any(plain.values()):
+        dataset = max((d for d in plain if plain[d]), key=lambda d: late_mean(d) - max(plain[d].values()))
+        streams = ", ".join(f"{s} {mean:.2f}" for s, mean in plain[dataset].items())
+        return f"{dataset}: late {value(accuracy[dataset]['late'])} ({streams})"
+    if not rows:
+        return ""
+    label, dataset = rows[0][:2]
+    output, summary = max(((r[2], r[3]) for r in rows if r[:2] == (label, dataset)), key=lambda kv: kv[1]["mean"])
+    return f"{label}{dataset}: {output} {value(summary)}"
 
 
 def record_path(figures_dir: str | os.PathLike = PROJECT_ROOT / "figures", smoke: bool = False) -> Path:
